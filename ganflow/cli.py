@@ -23,14 +23,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-TargetOpt = Annotated[str, typer.Option(
-    "--target", help="rho_d: ring8, grid25, bimodal, barrier, four2d, normal:MEAN:STD, or a "
-    "JSON file {weights, means, stds}.")]
-InitOpt = Annotated[str, typer.Option(
-    "--init", help="rho_0, in the same forms as --target.")]
-DivOpt = Annotated[str, typer.Option("--divergence", help="the flow: jsd (the paper), kl, ns, chi2.")]
-BoxOpt = Annotated[float | None, typer.Option(
-    "--box", help="half-width L of the box [-L, L]^d (default: means +- 6 std).")]
+TargetOpt = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        help="rho_d: ring8, grid25, bimodal, barrier, four2d, normal:MEAN:STD, or a "
+        "JSON file {weights, means, stds}.",
+    ),
+]
+InitOpt = Annotated[str, typer.Option("--init", help="rho_0, in the same forms as --target.")]
+DivOpt = Annotated[
+    str, typer.Option("--divergence", help="the flow: jsd (the paper), kl, ns, chi2.")
+]
+BoxOpt = Annotated[
+    float | None,
+    typer.Option("--box", help="half-width L of the box [-L, L]^d (default: means +- 6 std)."),
+]
 CellsOpt = Annotated[int, typer.Option("--cells", help="cells per dimension.")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="write results as JSON here.")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="write a PNG figure here.")]
@@ -72,11 +80,17 @@ def pde(
     cells: CellsOpt = 800,
     t_end: Annotated[float, typer.Option("--t-end", help="final flow time.")] = 16.0,
     dt: Annotated[float, typer.Option("--dt", help="initial time step.")] = 0.01,
-    dt_max: Annotated[float | None, typer.Option(
-        "--dt-max", help="largest time step (dt grows x1.2 after easy steps); default t_end/40.")
+    dt_max: Annotated[
+        float | None,
+        typer.Option(
+            "--dt-max", help="largest time step (dt grows x1.2 after easy steps); default t_end/40."
+        ),
     ] = None,
-    save_at: Annotated[str | None, typer.Option(
-        "--save-at", help="comma-separated snapshot times (default: t_end/64, /16, /4, t_end).")
+    save_at: Annotated[
+        str | None,
+        typer.Option(
+            "--save-at", help="comma-separated snapshot times (default: t_end/64, /16, /4, t_end)."
+        ),
     ] = None,
     json_out: JsonOpt = None,
     plot: PlotOpt = None,
@@ -90,8 +104,15 @@ def pde(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             sol = solve_fokker_planck(
-                target, init, divergence=divergence, box=box, cells=cells, t_end=t_end, dt=dt,
-                dt_max=dt_max if dt_max is not None else max(dt, t_end / 40), save_at=times,
+                target,
+                init,
+                divergence=divergence,
+                box=box,
+                cells=cells,
+                t_end=t_end,
+                dt=dt,
+                dt_max=dt_max if dt_max is not None else max(dt, t_end / 40),
+                save_at=times,
                 progress=sys.stderr.isatty(),
             )
         for w in caught:
@@ -109,8 +130,10 @@ def pde(
     typer.echo(f"{'t':>10} {'JSD':>10} {'L1':>10} {'max u/rho':>10} {'min u':>10}")
     for t in sol.snapshot_times:
         k = int(np.argmin(np.abs(sol.times - t)))
-        typer.echo(f"{t:>10.4g} {_fmt(sol.jsd[k]):>10} {_fmt(sol.l1[k]):>10} "
-                   f"{sol.max_ratio[k]:>10.4g} {_fmt(sol.min_u[k]):>10}")
+        typer.echo(
+            f"{t:>10.4g} {_fmt(sol.jsd[k]):>10} {_fmt(sol.l1[k]):>10} "
+            f"{sol.max_ratio[k]:>10.4g} {_fmt(sol.min_u[k]):>10}"
+        )
     if json_out is not None:
         write_json_atomic(json_out, sol.to_dict(with_snapshots=snapshots))
         typer.echo(f"wrote {json_out}")
@@ -128,12 +151,18 @@ def particles(
     divergence: DivOpt = "jsd",
     n: Annotated[int, typer.Option("--n", help="number of particles.")] = 2000,
     t_end: Annotated[float, typer.Option("--t-end", help="final flow time.")] = 2.0,
-    dt: Annotated[float, typer.Option("--dt", help="time step (explicit: keep it <~ b^2).")] = 0.005,
+    dt: Annotated[
+        float, typer.Option("--dt", help="time step (explicit: keep it <~ b^2).")
+    ] = 0.005,
     method: Annotated[str, typer.Option("--method", help="euler or heun.")] = "heun",
-    bandwidth: Annotated[str, typer.Option(
-        "--bandwidth", help="KDE bandwidth: 'silverman' or a number.")] = "silverman",
-    save_at: Annotated[str | None, typer.Option(
-        "--save-at", help="comma-separated report times (default: t_end/8, /4, /2, t_end).")
+    bandwidth: Annotated[
+        str, typer.Option("--bandwidth", help="KDE bandwidth: 'silverman' or a number.")
+    ] = "silverman",
+    save_at: Annotated[
+        str | None,
+        typer.Option(
+            "--save-at", help="comma-separated report times (default: t_end/8, /4, /2, t_end)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the initial draw.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
@@ -154,24 +183,43 @@ def particles(
     try:
         times = _parse_times(save_at, t_end) or [t_end / 8, t_end / 4, t_end / 2, t_end]
         part = simulate_particles(
-            target, init, divergence=divergence, n=n, t_end=t_end, dt=dt, method=method,
-            bandwidth=bw, save_at=times, seed=seed, device=device, progress=sys.stderr.isatty(),
+            target,
+            init,
+            divergence=divergence,
+            n=n,
+            t_end=t_end,
+            dt=dt,
+            method=method,
+            bandwidth=bw,
+            save_at=times,
+            seed=seed,
+            device=device,
+            progress=sys.stderr.isatty(),
         )
         sol, gap = None, None
         dim = part.positions.shape[2]
         if not no_pde and dim <= 2:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                sol = solve_fokker_planck(target, init, divergence=divergence, box=box,
-                                          cells=cells, t_end=t_end, dt=min(dt * 4, 0.01),
-                                          save_at=list(part.times))
+                sol = solve_fokker_planck(
+                    target,
+                    init,
+                    divergence=divergence,
+                    box=box,
+                    cells=cells,
+                    t_end=t_end,
+                    dt=min(dt * 4, 0.01),
+                    save_at=list(part.times),
+                )
             gap = l1_gap_to_pde(part, sol, bw)
     except GanflowError as exc:
         _fail(exc)
     except NewtonConvergenceError as exc:
         _fail(exc, 1)
-    typer.echo(f"{part.divergence} flow, target {part.target}: {part.positions.shape[1]} particles, "
-               f"{part.n_steps} {method} steps in {part.seconds:.1f} s")
+    typer.echo(
+        f"{part.divergence} flow, target {part.target}: {part.positions.shape[1]} particles, "
+        f"{part.n_steps} {method} steps in {part.seconds:.1f} s"
+    )
     typer.echo(f"{'t':>8} {'bandwidth':>10} {'L1 to PDE':>10} {'PDE JSD':>10}  mean")
     for k, t in enumerate(part.times):
         pj = _fmt(sol.jsd[int(np.argmin(np.abs(sol.times - t)))]) if sol is not None else "-"
@@ -180,13 +228,21 @@ def particles(
         typer.echo(f"{t:>8.4g} {part.bandwidths[k]:>10.3g} {g:>10} {pj:>10}  {mean}")
     if json_out is not None:
         out = {
-            "divergence": part.divergence, "target": part.target, "n": int(part.positions.shape[1]),
-            "method": method, "dt": dt, "seed": seed, "seconds": part.seconds,
-            "times": part.times.tolist(), "l1": None if gap is None else gap.tolist(),
-            "mean": part.means().tolist(), "var": part.variances().tolist(),
+            "divergence": part.divergence,
+            "target": part.target,
+            "n": int(part.positions.shape[1]),
+            "method": method,
+            "dt": dt,
+            "seed": seed,
+            "seconds": part.seconds,
+            "times": part.times.tolist(),
+            "l1": None if gap is None else gap.tolist(),
+            "mean": part.means().tolist(),
+            "var": part.variances().tolist(),
             "bandwidth": part.bandwidths.tolist(),
-            "pde": None if sol is None else {k: v for k, v in sol.to_dict().items()
-                                             if k in ("times", "jsd", "l1", "mass")},
+            "pde": None
+            if sol is None
+            else {k: v for k, v in sol.to_dict().items() if k in ("times", "jsd", "l1", "mass")},
         }
         write_json_atomic(json_out, out)
         typer.echo(f"wrote {json_out}")

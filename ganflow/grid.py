@@ -123,8 +123,9 @@ class Grid:
             )
         u = u.reshape(-1)
         if not np.isfinite(u).all():
-            raise GanflowError(f"{role} values must be finite; got {int((~np.isfinite(u)).sum())} "
-                               "NaN/Inf cells")
+            raise GanflowError(
+                f"{role} values must be finite; got {int((~np.isfinite(u)).sum())} NaN/Inf cells"
+            )
         if (u < 0).any():
             raise GanflowError(f"{role} must be non-negative; minimum value {u.min():.3g}")
         total = u.sum() * self.cell_volume

@@ -19,7 +19,12 @@ import torch
 
 from ._errors import GanflowError
 
-__all__ = ["silverman_bandwidth", "resolve_bandwidth", "kde_log_density", "kde_log_density_and_score"]
+__all__ = [
+    "silverman_bandwidth",
+    "resolve_bandwidth",
+    "kde_log_density",
+    "kde_log_density_and_score",
+]
 
 # Query rows per chunk: a (rows x N) block of logits is the working set; ~1.3 M
 # entries keeps it near the cache and memory flat whatever N is.

@@ -138,8 +138,15 @@ class FokkerPlanckSolution:
 class _ImplicitOperator:
     """Residual and Jacobian of one backward-Euler step, vectorised over faces."""
 
-    def __init__(self, grid: Grid, log_rho_cells: np.ndarray, log_rho_faces: np.ndarray,
-                 left: np.ndarray, right: np.ndarray, divergence: Divergence) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        log_rho_cells: np.ndarray,
+        log_rho_faces: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
+        divergence: Divergence,
+    ) -> None:
         self.grid = grid
         self.left, self.right = left, right
         self.rho = np.exp(log_rho_cells)

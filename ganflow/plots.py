@@ -16,8 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .pde import FokkerPlanckSolution  # noqa: E402
 from .particles import ParticleSolution  # noqa: E402
+from .pde import FokkerPlanckSolution  # noqa: E402
 
 __all__ = ["plot_solution", "save_figure"]
 
@@ -76,8 +76,9 @@ def plot_solution(
             (line,) = ax_u.plot(x, sol.snapshots[k], label=f"u(t={t:g})")
             if particles is not None and np.any(np.isclose(particles.times, t)):
                 pos = particles.at(t)[:, 0]
-                ax_u.hist(pos, bins=80, density=True, histtype="step", color=line.get_color(),
-                          alpha=0.6)
+                ax_u.hist(
+                    pos, bins=80, density=True, histtype="step", color=line.get_color(), alpha=0.6
+                )
         ax_u.set_xlabel("y")
         ax_u.set_title(f"{sol.divergence} flow from {sol.init} to {sol.target}")
         ax_u.legend(fontsize=8)

@@ -112,7 +112,9 @@ class GaussianMixture:
         return float((self.means.abs() + n_std * self.stds[:, None]).max())
 
     def __repr__(self) -> str:
-        return f"GaussianMixture(name={self.name!r}, dim={self.dim}, components={self.n_components})"
+        return (
+            f"GaussianMixture(name={self.name!r}, dim={self.dim}, components={self.n_components})"
+        )
 
     # ---------------------------------------------------------------- densities
     def _params(self, x: torch.Tensor):
@@ -181,7 +183,9 @@ class GaussianMixture:
         n = int(n)
         gen_device = generator.device if generator is not None else torch.device("cpu")
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=gen_device)
+        noise = torch.randn(
+            n, self.dim, generator=generator, dtype=torch.float64, device=gen_device
+        )
         x = self.means[comp] + self.stds[comp, None] * noise.cpu()
         return x.to(dtype=dtype, device=device)
 
@@ -231,7 +235,7 @@ def ring8(radius: float = 2.0, std: float = 0.02) -> GaussianMixture:
     """8 equal Gaussians with centres on the circle of the given radius (DESIGN.md)."""
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = radius * torch.stack([angles.cos(), angles.sin()], 1)
-    return GaussianMixture(torch.full((8,), 1 / 8), means, torch.full((8,), std), name="ring8")
+    return GaussianMixture([1 / 8] * 8, means, [std] * 8, name="ring8")
 
 
 def grid25(spacing: float = 2.0, std: float = 0.05) -> GaussianMixture:
@@ -239,7 +243,7 @@ def grid25(spacing: float = 2.0, std: float = 0.05) -> GaussianMixture:
     ticks = torch.arange(-2, 3, dtype=torch.float64) * spacing
     gx, gy = torch.meshgrid(ticks, ticks, indexing="ij")
     means = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
-    return GaussianMixture(torch.full((25,), 1 / 25), means, torch.full((25,), std), name="grid25")
+    return GaussianMixture([1 / 25] * 25, means, [std] * 25, name="grid25")
 
 
 def _bimodal() -> GaussianMixture:
@@ -313,4 +317,3 @@ def load_target(spec: str | Path | GaussianMixture | dict) -> GaussianMixture:
         f"unknown target {text!r}: expected one of {named_targets()}, 'normal:MEAN:STD', "
         f"or the path of a JSON file with keys weights, means, stds"
     )
-
