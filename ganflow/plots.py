@@ -87,14 +87,15 @@ def plot_solution(
         n = len(idx)
         fig, axes = plt.subplots(1, n + 2, figsize=(3.3 * (n + 2), 3.4))
         ext = [-grid.half_width, grid.half_width, -grid.half_width, grid.half_width]
-        vmax = float(max(sol.rho_d.max(), sol.snapshots[idx].max()))
         panels = [(sol.snapshot_times[k], sol.snapshots[k]) for k in idx] + [(None, sol.rho_d)]
         for ax, (t, u) in zip(axes[:-1], panels, strict=True):
-            ax.imshow(u.T, origin="lower", extent=ext, cmap="viridis", vmin=0, vmax=vmax)
+            # each panel on its own colour scale: a concentrated start would otherwise
+            # wash out every later density
+            ax.imshow(u.T, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=float(u.max()))
             ax.set_title("rho_d" if t is None else f"u(t={t:g})", fontsize=9)
             if t is not None and particles is not None and np.any(np.isclose(particles.times, t)):
-                pos = particles.at(t)[:2000]
-                ax.scatter(pos[:, 0], pos[:, 1], s=1, c="w", alpha=0.5)
+                pos = particles.at(t)[:1000]
+                ax.scatter(pos[:, 0], pos[:, 1], s=0.5, c="c", alpha=0.6, linewidths=0)
             ax.set_xticks([])
             ax.set_yticks([])
         _curves(axes[-1], sol, particle_gap)
