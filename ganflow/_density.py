@@ -36,8 +36,9 @@ __all__ = [
 
 
 def _points(x, what: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x,
-                                   dtype=np.float64))
+    t = torch.as_tensor(
+        np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    )
     if t.ndim != 2 or len(t) < 2:
         raise GanflowError(f"{what} must have shape (n, d) with n >= 2, got {tuple(t.shape)}")
     if not torch.isfinite(t).all():
@@ -67,8 +68,13 @@ class KDEDensity:
         out = kde_log_density(t, self.points, self.bandwidth)
         return out.numpy() if is_np else out
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> torch.Tensor:
         idx = torch.randint(len(self.points), (n,), generator=generator)
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return (self.points[idx] + self.bandwidth * noise).to(dtype)
@@ -97,8 +103,13 @@ def divergences_on_grid(
     u = _normalised(np.asarray(p.log_prob(pts)), vol)
     v = _normalised(np.asarray(q.log_prob(pts)), vol)
     l1 = l1_on_grid(u, v, vol)
-    return {"jsd": jsd_on_grid(u, v, vol), "l1": l1, "tv": 0.5 * l1, "cells": cells,
-            "box": float(box)}
+    return {
+        "jsd": jsd_on_grid(u, v, vol),
+        "l1": l1,
+        "tv": 0.5 * l1,
+        "cells": cells,
+        "box": float(box),
+    }
 
 
 def _extent(dens) -> float:
@@ -164,8 +175,7 @@ def mmd(x, y, bandwidths=(0.1, 0.5, 1.0, 2.0)) -> dict[float, float]:
         kaa = torch.exp(-daa / (2 * s * s))
         kbb = torch.exp(-dbb / (2 * s * s))
         kab = torch.exp(-dab / (2 * s * s))
-        val = ((kaa.sum() - n) / (n * (n - 1)) + (kbb.sum() - k) / (k * (k - 1))
-               - 2 * kab.mean())
+        val = (kaa.sum() - n) / (n * (n - 1)) + (kbb.sum() - k) / (k * (k - 1)) - 2 * kab.mean()
         out[s] = float(val)
     return out
 

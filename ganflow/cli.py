@@ -260,6 +260,63 @@ def particles(
         typer.echo(f"wrote {plot}")
 
 
+@app.command("eval")
+def eval_(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="a run folder (samples drawn from its generator) or a .npy file of samples (n, d)"
+        ),
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="reference distribution (named, normal:..., .json, .npy/.csv); "
+            "default: the run's own data",
+        ),
+    ] = None,
+    n: Annotated[
+        int, typer.Option("--n", help="samples to evaluate (a .npy: its first n).")
+    ] = 2500,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the samples and references.")] = 0,
+    json_out: JsonOpt = None,
+) -> None:
+    """Print (and save) every metric of a run or a sample file, with noise floors."""
+    from .evaluation import evaluate_samples, format_evaluation
+
+    try:
+        if source.is_dir():
+            import json as _json
+
+            from .trainer import sample_run
+
+            cfg_path = source / "config.json"
+            if not cfg_path.exists():
+                raise GanflowError(f"{str(source)!r} is not a run folder: no config.json in it")
+            data = data or _json.loads(cfg_path.read_text())["data"]
+            samples = sample_run(source, n, seed=seed).double().numpy()
+        elif source.suffix.lower() == ".npy":
+            if data is None:
+                raise GanflowError("evaluating a .npy file needs --data (the reference)")
+            try:
+                samples = np.load(source, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise GanflowError(f"cannot read samples from {str(source)!r}: {exc}") from exc
+            samples = samples[:n] if samples.ndim == 2 else samples
+        else:
+            raise GanflowError(
+                f"{str(source)!r} is neither a run folder nor a .npy file of samples"
+            )
+        res = evaluate_samples(samples, data, seed=seed)
+    except GanflowError as exc:
+        _fail(exc)
+    typer.echo(format_evaluation(res))
+    if json_out is not None:
+        write_json_atomic(json_out, res)
+        typer.echo(f"wrote {json_out}")
+
+
 _cli_train.register(app)
 
 

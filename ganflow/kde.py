@@ -7,19 +7,22 @@ Gaussian kernel in d dimensions,
 
     b = sigma_hat * (4 / ((d + 2) N))^(1 / (d + 4)),   sigma_hat^2 = mean per-axis variance,
 
-which is optimal for a Gaussian and over-smooths well-separated modes (pass a float to
-fix b yourself).
+which is optimal for a Gaussian and over-smooths well-separated modes. ``"cv"`` picks b
+by likelihood cross-validation instead (:func:`cv_bandwidth`; what the metrics use), and
+a float fixes b.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ._errors import GanflowError
 
 __all__ = [
+    "cv_bandwidth",
     "silverman_bandwidth",
     "resolve_bandwidth",
     "kde_log_density",
@@ -46,18 +49,41 @@ def silverman_bandwidth(points: torch.Tensor) -> float:
     return sigma * (4.0 / ((d + 2) * n)) ** (1.0 / (d + 4))
 
 
+def cv_bandwidth(points: torch.Tensor, *, n_candidates: int = 24, seed: int = 0) -> float:
+    r"""Bandwidth by likelihood cross-validation: half the points fit, the other half score.
+
+    Candidates are log-spaced from Silverman's b / 100 to 1.5 b; the winner is rescaled
+    from N/2 to N points by the rate 2^(-1/(d+4)). Unlike Silverman's rule it adapts to
+    narrow, well-separated modes (ring8's std 0.02 vs Silverman's ~0.4).
+    """
+    n, d = points.shape
+    if n < 4:
+        raise GanflowError(f"cross-validated bandwidth needs at least 4 points, got {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fit, score = points[perm[: n // 2]], points[perm[n // 2 :]]
+    b0 = silverman_bandwidth(points)
+    candidates = torch.logspace(math.log10(b0 / 100), math.log10(1.5 * b0), n_candidates)
+    logliks = [float(kde_log_density(score, fit, float(b)).mean()) for b in candidates]
+    best = float(candidates[int(np.argmax(logliks))])
+    return best * 2.0 ** (-1.0 / (d + 4))
+
+
 def resolve_bandwidth(points: torch.Tensor, bandwidth: float | str) -> float:
-    """The bandwidth rule applied to ``points``, or the fixed positive float given."""
+    """The bandwidth rule (``"silverman"``, ``"cv"``) applied to ``points``, or the float given."""
     if bandwidth == "silverman":
         return silverman_bandwidth(points)
+    if bandwidth == "cv":
+        return cv_bandwidth(points)
     try:
         b = float(bandwidth)
     except (TypeError, ValueError):
         raise GanflowError(
-            f"bandwidth must be 'silverman' or a positive number, got {bandwidth!r}"
+            f"bandwidth must be 'silverman', 'cv' or a positive number, got {bandwidth!r}"
         ) from None
     if not (math.isfinite(b) and b > 0):
-        raise GanflowError(f"bandwidth must be 'silverman' or a positive number, got {bandwidth!r}")
+        raise GanflowError(
+            f"bandwidth must be 'silverman', 'cv' or a positive number, got {bandwidth!r}"
+        )
     return b
 
 

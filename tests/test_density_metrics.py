@@ -112,3 +112,40 @@ def test_bad_metric_inputs():
         KDEDensity(np.array([[0.0], [np.nan]]))
     with pytest.raises(gf.GanflowError, match="shape"):
         mmd(np.zeros(5), np.zeros((5, 1)))
+
+
+def test_evaluate_samples_separates_good_from_collapsed():
+    from ganflow.evaluation import evaluate_samples
+
+    good = gf.ring8().sample(1500, generator=torch.Generator().manual_seed(7))
+    res = evaluate_samples(good, "ring8", w2_samples=500)
+    assert res["modes"] == 8 and res["hq"] > 0.97 and res["mode_kl"] < 0.01
+    assert res["jsd_method"] == "monte-carlo"  # ring8 is too narrow for a 400^2 grid
+    # perfect samples sit at the noise floor (within a few standard errors)
+    assert abs(res["energy"] - res["energy_floor"]) < 0.01
+    assert abs(res["jsd"] - res["jsd_floor"]) < 0.01
+    bad = good.clone()
+    bad[:700] = torch.tensor([2.0, 0.0])  # half the mass collapsed onto one mode
+    res_bad = evaluate_samples(bad, "ring8", w2_samples=500)
+    assert res_bad["mode_kl"] > 0.3
+    assert res_bad["energy"] > 20 * max(abs(res["energy_floor"]), 1e-3)
+    assert res_bad["w2"] > 2 * res["w2_floor"]
+    assert res_bad["jsd"] > 5 * res["jsd_floor"]
+
+
+def test_eval_cli_on_a_sample_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from ganflow.cli import app
+
+    path = tmp_path / "s.npy"
+    np.save(path, gf.load_target("four2d").sample(800).numpy())
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["eval", str(path), "--data", "four2d", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["n_samples"] == 800 and data["jsd_method"] == "grid" and data["modes"] == 4
+    res = CliRunner().invoke(app, ["eval", str(path)])
+    assert res.exit_code != 0 and "needs --data" in res.output
