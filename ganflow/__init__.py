@@ -6,15 +6,19 @@ particle solver. See THEORY.md for the equations cited in the docstrings.
 """
 
 from ._errors import GanflowError, NewtonConvergenceError
+from .algorithm import StepConfig, algorithm_step
+from .data import Dataset, load_data
 from .divergences import CHI2, JSD, KL, NS, Divergence, get_divergence
 from .grid import Grid
 from .pde import FokkerPlanckSolution, solve_fokker_planck
 from .targets import GaussianMixture, grid25, load_target, named_targets, ring8
+from .trainer import TrainConfig, TrainingDivergedError, TrainResult, resume, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CHI2",
+    "Dataset",
     "Divergence",
     "FokkerPlanckSolution",
     "GanflowError",
@@ -24,10 +28,18 @@ __all__ = [
     "KL",
     "NS",
     "NewtonConvergenceError",
+    "StepConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "algorithm_step",
     "get_divergence",
     "grid25",
+    "load_data",
     "load_target",
     "named_targets",
+    "resume",
     "ring8",
     "solve_fokker_planck",
+    "train",
 ]

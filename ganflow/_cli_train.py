@@ -1,9 +1,167 @@
 """Training commands of the CLI (``train``, ``sample``, ``plot``); registered by cli.py."""
 
-from __future__ import annotations
+# No "from __future__ import annotations": typer reads the Annotated options, built
+# from locals of register(), at definition time.
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from ._errors import GanflowError
+
+
+def _fail(exc: BaseException, code: int = 2):
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code)
+
 
 def register(app: typer.Typer) -> None:
-    """Add the training commands to ``app`` (none yet: see the trainer issue)."""
+    """Add ``train``, ``sample`` and ``plot`` to ``app``."""
+    from .trainer import TrainConfig
+
+    d = TrainConfig()
+
+    def opt(name: str, help: str):
+        return typer.Option(name, help=help)
+
+    @app.command()
+    def train(
+        data: Annotated[str, opt("--data", "ring8, grid25, swissroll, moons, checkerboard, "
+                                 "circles, bimodal, normal:MEAN:STD, a mixture .json, or a "
+                                 ".npy/.csv table of shape (n, d).")] = d.data,
+        method: Annotated[str, opt("--method", "flow (Algorithm 1), gan (saturating "
+                                   "ln(1-D)), gan-ns (non-saturating -ln D).")] = d.method,
+        divergence: Annotated[str, opt("--divergence", "flow's divergence: jsd, kl, ns, "
+                                       "chi2.")] = d.divergence,
+        eps: Annotated[float, opt("--eps", "flow time step of eq. (22) (faithful: the "
+                                  "largest one).")] = d.eps,
+        fit_steps: Annotated[int, opt("--fit-steps", "K descent steps on the same z and "
+                                      "targets (K=1: the paper).")] = d.fit_steps,
+        pairing: Annotated[str, opt("--pairing", "index (the paper's MSE) or assignment "
+                                    "(optimal re-pairing).")] = d.pairing,
+        d_steps: Annotated[int, opt("--d-steps", "discriminator steps per iteration "
+                                    "(faithful: the least).")] = d.d_steps,
+        batch_size: Annotated[int, opt("--batch-size", "m, samples per batch.")] = d.batch_size,
+        lr_g: Annotated[float, opt("--lr-g", "generator learning rate.")] = d.lr_g,
+        lr_d: Annotated[float, opt("--lr-d", "discriminator learning rate.")] = d.lr_d,
+        optimizer: Annotated[str, opt("--optimizer", "adam or sgd.")] = d.optimizer,
+        beta1: Annotated[float, opt("--beta1", "Adam's beta1.")] = d.beta1,
+        lr_decay: Annotated[float, opt("--lr-decay", "final / initial learning rate "
+                                       "(linear decay over the run).")] = d.lr_decay,
+        width: Annotated[int, opt("--width", "hidden units per layer.")] = d.width,
+        depth: Annotated[int, opt("--depth", "hidden layers.")] = d.depth,
+        latent_dim: Annotated[int, opt("--latent-dim", "dimension of z ~ N(0, I).")]
+        = d.latent_dim,
+        activation: Annotated[str, opt("--activation", "relu, leaky_relu, elu, silu, "
+                                       "tanh.")] = d.activation,
+        seed: Annotated[int, opt("--seed", "seed of initialisation and batches.")] = d.seed,
+        device: Annotated[str, opt("--device", "cpu, cuda, cuda:1, ...")] = d.device,
+        iterations: Annotated[int | None, opt("--iterations", "iterations in all (with "
+                                              "--resume: continue up to this).")] = None,
+        eval_every: Annotated[int, opt("--eval-every", "evaluate and checkpoint every N "
+                                       "iterations.")] = d.eval_every,
+        faithful: Annotated[bool, opt("--faithful/--no-faithful", "faithful ODE simulation: "
+                                      "CFL step control, calibrated D, accurate fit.")]
+        = d.faithful,
+        cfl: Annotated[float, opt("--cfl", "faithful: largest target move / data length "
+                                  "scale.")] = d.cfl,
+        calib_tol: Annotated[float, opt("--calib-tol", "faithful: D is calibrated when a "
+                                        "step improves its held-out loss by less.")]
+        = d.calib_tol,
+        calib_max_steps: Annotated[int, opt("--calib-max-steps", "faithful: cap on D steps.")]
+        = d.calib_max_steps,
+        fit_tol: Annotated[float, opt("--fit-tol", "faithful: fit until residual < tol x "
+                                      "displacement.")] = d.fit_tol,
+        fit_max_steps: Annotated[int, opt("--fit-max-steps", "faithful: cap on fit steps.")]
+        = d.fit_max_steps,
+        threads: Annotated[int, opt("--threads", "CPU threads for torch (small networks run "
+                                    "fastest on 1).")] = 1,
+        out: Annotated[Path | None, opt("--out", "new run folder (default: runs/<data>-"
+                                        "<method>-s<seed>).")] = None,
+        resume: Annotated[Path | None, opt("--resume", "continue this run folder (other "
+                                           "options but --iterations and --device are "
+                                           "taken from it).")] = None,
+        progress: Annotated[bool, opt("--progress/--no-progress", "show a progress bar.")]
+        = True,
+    ) -> None:
+        """Train a generator by Algorithm 1 (or a GAN baseline); leaves a run folder."""
+        import torch
+
+        from . import trainer as tr
+
+        torch.set_num_threads(max(1, threads))
+        try:
+            if resume is not None:
+                if out is not None:
+                    raise GanflowError("give --resume RUN or --out DIR, not both")
+                result = tr.resume(resume, iterations=iterations,
+                                   device=device if device != d.device else None,
+                                   progress=progress)
+            else:
+                cfg = tr.TrainConfig(
+                    data=data, method=method, divergence=divergence, eps=eps,
+                    fit_steps=fit_steps, pairing=pairing, d_steps=d_steps,
+                    batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, optimizer=optimizer,
+                    beta1=beta1, lr_decay=lr_decay, width=width, depth=depth,
+                    latent_dim=latent_dim, activation=activation, seed=seed, device=device,
+                    iterations=iterations if iterations is not None else d.iterations,
+                    eval_every=eval_every, faithful=faithful, cfl=cfl, calib_tol=calib_tol,
+                    calib_max_steps=calib_max_steps, fit_tol=fit_tol,
+                    fit_max_steps=fit_max_steps,
+                )
+                result = tr.train(cfg, out=out, progress=progress)
+        except GanflowError as exc:
+            _fail(exc)
+        except tr.TrainingDivergedError as exc:
+            _fail(f"{exc}; the last good checkpoint is kept in its run folder", 1)
+        m = result.metrics
+        shown = ", ".join(f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}"
+                          for k in ("modes", "hq", "mode_kl", "energy", "w2") if k in m)
+        typer.echo(f"{result.status} at iteration {result.iteration} (flow time "
+                   f"{result.flow_time:.4g}, {result.seconds:.1f} s): {shown}")
+        typer.echo(f"run folder: {result.run_dir}")
+        if result.status == "interrupted":
+            typer.echo(f"checkpoint saved; continue with: ganflow train --resume "
+                       f"{result.run_dir}", err=True)
+            raise typer.Exit(130)
+
+    @app.command()
+    def sample(
+        run: Annotated[Path, typer.Argument(help="a run folder of ganflow train.")],
+        n: Annotated[int, opt("--n", "number of samples.")] = 1000,
+        out: Annotated[Path, opt("--out", "output .npy file (shape (n, d)).")] = Path(
+            "samples.npy"),
+        seed: Annotated[int, opt("--seed", "seed of the latent draw.")] = 0,
+    ) -> None:
+        """Draw samples from a trained run's generator into a .npy file."""
+        import io
+
+        import numpy as np
+
+        from ._io import write_bytes_atomic
+        from .trainer import sample_run
+
+        try:
+            if out.suffix.lower() != ".npy":
+                raise GanflowError(f"--out must end in .npy, got {str(out)!r}")
+            x = sample_run(run, n, seed=seed).numpy()
+        except GanflowError as exc:
+            _fail(exc)
+        buf = io.BytesIO()
+        np.save(buf, x)
+        write_bytes_atomic(out, buf.getvalue())
+        typer.echo(f"wrote {out} (shape {x.shape})")
+
+    @app.command()
+    def plot(
+        run: Annotated[Path, typer.Argument(help="a run folder of ganflow train.")],
+    ) -> None:
+        """Redraw a run's figures (samples over the target, metric curves) into samples/."""
+        from .trainer import plot_run
+
+        try:
+            paths = plot_run(run)
+        except GanflowError as exc:
+            _fail(exc)
+        for p in paths:
+            typer.echo(f"wrote {p}")

@@ -1,0 +1,199 @@
+r"""Algorithm 1 (THEORY.md section 5): Proposition 8, and an oracle run of the flow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ganflow import GanflowError
+from ganflow.algorithm import (
+    StepConfig,
+    algorithm_step,
+    assignment_permutation,
+    calibrate_discriminator,
+    fit_generator,
+    generator_loss,
+    push_targets,
+)
+from ganflow.networks import make_discriminator, make_generator
+
+# float64 round-off: the MSE gradient is 2 (G - y) with G - y = -eps * drift computed as a
+# difference of O(1) numbers, so it carries ~1e-16 / (eps |drift|) ~ 1e-14 relative error.
+F64_TOL = {"rtol": 1e-10, "atol": 1e-13}
+
+
+def _nets(seed: int = 0):
+    torch.manual_seed(seed)
+    G = make_generator(2, 2, width=16, depth=2).double()
+    D = make_discriminator(2, width=16, depth=2).double()
+    return G, D
+
+
+def _grads(net: nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss, list(net.parameters())))
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.1, 0.003])
+def test_proposition8_gradient(eps):
+    # Prop. 8: grad_theta (1/m) sum |G(z_i) - y_i|^2 = eps grad_theta (1/m) sum ln(1 - D(G(z_i)))
+    G, D = _nets()
+    z = torch.randn(64, 2, dtype=torch.float64)
+    with torch.no_grad():
+        x = G(z)
+    y, _ = push_targets(D, x, eps=eps, divergence="jsd")
+    g_flow = _grads(G, generator_loss("flow", targets=y)(G(z)))
+    g_gan = _grads(G, generator_loss("gan", D=D)(G(z)))
+    for a, b in zip(g_flow, g_gan, strict=True):
+        torch.testing.assert_close(a, eps * b, **F64_TOL)
+    # not vacuous: the gradients are not zero, and the non-saturating loss differs
+    assert max(float(g.abs().max()) for g in g_gan) > 1e-4
+    g_ns = _grads(G, generator_loss("gan-ns", D=D)(G(z)))
+    assert not torch.allclose(g_flow[0], -eps * g_ns[0], rtol=1e-3)
+
+
+def test_proposition8_full_iteration():
+    # With SGD: one Algorithm 1 iteration (lr) == one saturating-GAN iteration (lr * eps).
+    eps, lr = 0.25, 0.05
+    params = []
+    for method, lr_g in (("flow", lr), ("gan", lr * eps)):
+        G, D = _nets(seed=1)
+        opt_g = torch.optim.SGD(G.parameters(), lr=lr_g)
+        opt_d = torch.optim.SGD(D.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(7)
+        cfg = StepConfig(method=method, eps=eps, batch_size=32, fit_steps=1, pairing="index")
+        def data(m, gen=gen):
+            return torch.randn(m, 2, generator=gen, dtype=torch.float64) * 0.3 + 1
+
+        def latent(m, gen=gen):
+            return torch.randn(m, 2, generator=gen, dtype=torch.float64)
+
+        for _ in range(3):
+            algorithm_step(G, D, opt_g, opt_d, data, latent, cfg)
+        params.append([p.detach().clone() for p in (*G.parameters(), *D.parameters())])
+    G0, _ = _nets(seed=1)
+    start = [p.detach() for p in G0.parameters()]
+    after = params[0][: len(start)]
+    moved = max(float((a - b).abs().max()) for a, b in zip(after, start, strict=True))
+    assert moved > 1e-4  # the iterations did something
+    for a, b in zip(*params, strict=True):
+        torch.testing.assert_close(a, b, **F64_TOL)
+
+
+def test_step_rejects_bad_options():
+    with pytest.raises(GanflowError, match="method"):
+        StepConfig(method="wgan")
+    with pytest.raises(GanflowError, match="pairing"):
+        StepConfig(pairing="greedy")
+    with pytest.raises(GanflowError, match="eps"):
+        StepConfig(eps=-1.0)
+    with pytest.raises(GanflowError, match="fit_steps"):
+        StepConfig(fit_steps=0)
+    with pytest.raises(GanflowError, match="divergence"):
+        StepConfig(divergence="hellinger")
+
+
+def test_assignment_permutation_is_optimal():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    perm_true = torch.randperm(6, generator=gen)
+    y = x[perm_true] + 1e-3  # y shuffled: the optimal pairing undoes the shuffle
+    perm = assignment_permutation(x, y)
+    torch.testing.assert_close(y[perm], x + 1e-3)
+
+
+# ------------------------------------------------------------------ oracle test
+class _OracleKL(nn.Module):
+    r"""Exact logit f = ln rho_d - ln rho_G for rho_d = N(0, 1) and the affine generator
+    G(z) = mu + sigma z (so rho_G = N(mu, sigma^2)), read off G's current parameters."""
+
+    def __init__(self, G: nn.Linear) -> None:
+        super().__init__()
+        self.G = G
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        mu, sigma = self.G.bias.detach(), self.G.weight.detach().abs().reshape(())
+        y = y[:, 0]
+        return -0.5 * y**2 + 0.5 * ((y - mu) / sigma) ** 2 + torch.log(sigma)
+
+
+def _oracle_run(a: float, s: float, eps: float, n_iter: int, m: int = 4000):
+    G = nn.Linear(1, 1).double()
+    with torch.no_grad():
+        G.weight.fill_(s)
+        G.bias.fill_(a)
+    D = _OracleKL(G)
+    # A standardised latent batch (mean 0, variance 1 exactly) makes the MSE of the affine
+    # G a quadratic with Hessian 2I, so one SGD step of lr 1/2 is the exact fit (Newton).
+    z = torch.randn(m, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = (z - z.mean()) / z.std(unbiased=False)
+    opt = torch.optim.SGD(G.parameters(), lr=0.5)
+    resid = 0.0
+    for _ in range(n_iter):
+        with torch.no_grad():
+            x = G(z)
+        y, _ = push_targets(D, x, eps=eps, divergence="kl")
+        fit_generator(G, opt, z, generator_loss("flow", targets=y), steps=1)
+        with torch.no_grad():
+            resid = max(resid, float((G(z) - y).abs().max()))
+    return float(G.bias.detach()), float(G.weight.detach().abs()), resid
+
+
+@pytest.mark.parametrize(("a", "s"), [(2.0, 0.5), (-1.0, 2.0)])
+def test_oracle_follows_ou_flow(a, s):
+    # KL flow from N(a, s^2) to N(0, 1): N(a e^-t, 1 + (s^2 - 1) e^-2t), t = eps x iterations
+    t_end = 1.0
+    errs = []
+    for eps in (0.02, 0.01):
+        n_iter = round(t_end / eps)
+        mu, sigma, resid = _oracle_run(a, s, eps, n_iter)
+        assert resid < 1e-10  # the fit is exact: G(z) = y for every i
+        t = eps * n_iter
+        mu_ex = a * math.exp(-t)
+        sd_ex = math.sqrt(1 + (s**2 - 1) * math.exp(-2 * t))
+        # explicit Euler in flow time: O(eps) error, here < 2 eps relative
+        torch.testing.assert_close(torch.tensor([mu, sigma]), torch.tensor([mu_ex, sd_ex]),
+                                   rtol=2 * eps, atol=0.0)
+        errs.append(abs(mu - mu_ex) + abs(sigma - sd_ex))
+    # first order in eps: halving eps halves the error (ratio 2 within 15 %)
+    assert 1.7 < errs[0] / errs[1] < 2.3
+
+
+def test_faithful_step_control_bounds_moves():
+    G, D = _nets(seed=2)
+    with torch.no_grad():  # a sharp discriminator: large input gradients
+        for p in D.parameters():
+            p.mul_(3)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    cfg = StepConfig(eps=10.0, divergence="kl", faithful=True, cfl=0.5, length_scale=0.02,
+                     batch_size=64, fit_max_steps=30, calib_max_steps=5)
+    info = algorithm_step(
+        G, D, opt_g, opt_d,
+        lambda m: torch.randn(m, 2, generator=gen, dtype=torch.float64),
+        lambda m: torch.randn(m, 2, generator=gen, dtype=torch.float64), cfg,
+    )
+    # the controlled step moves the fastest target exactly cfl * length_scale
+    assert info.flow_time < 10.0
+    assert info.flow_time * info.drift_max == pytest.approx(0.5 * 0.02, rel=1e-9)
+    assert 1 <= info.d_steps <= 5 and 1 <= info.fit_steps <= 30
+
+
+def test_calibration_stops_when_loss_plateaus():
+    _, D = _nets(seed=4)
+    # lr 0: no step improves -> stop as soon as the 5-step window is full
+    opt = torch.optim.SGD(D.parameters(), lr=0.0)
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(m=32):
+        return torch.randn(m, 2, generator=gen, dtype=torch.float64)
+
+    _, taken = calibrate_discriminator(D, opt, draw, draw, steps=2, tol=1e-3, max_steps=50)
+    assert taken == 5
+    opt = torch.optim.Adam(D.parameters(), lr=1e-2)
+    _, taken = calibrate_discriminator(D, opt, draw, lambda: draw() + 3, steps=1, tol=1e-9,
+                                       max_steps=7)
+    assert taken == 7  # a separable problem keeps improving: the cap holds
