@@ -317,6 +317,46 @@ def eval_(
         typer.echo(f"wrote {json_out}")
 
 
+@app.command()
+def track(
+    run: Annotated[Path, typer.Argument(help="a run folder of `ganflow train --method flow` "
+                                        "on a 1-D or 2-D mixture")],
+    n: Annotated[int, typer.Option("--n", help="generator samples per snapshot.")] = 5000,
+    cells: Annotated[int | None, typer.Option(
+        "--cells", help="PDE cells per dimension (default: resolve the finest feature).")
+    ] = None,
+    box: BoxOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the samples.")] = 0,
+    json_out: JsonOpt = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="figure (default: RUN/samples/tracking.png).")] = None,
+) -> None:
+    """Does the generator follow the gradient flow? Compare it with the PDE's u(t)."""
+    from .tracking import plot_tracking, track_run
+
+    try:
+        res = track_run(run, n=n, cells=cells, box=box, seed=seed,
+                        progress=sys.stderr.isatty())
+    except GanflowError as exc:
+        _fail(exc)
+    except NewtonConvergenceError as exc:
+        _fail(exc, 1)
+    g = res.pde.grid
+    typer.echo(f"{res.divergence} flow from the run's initial generator: {res.n_samples} "
+               f"samples per snapshot, PDE on {g.cells}^{g.dim} cells, box {g.half_width:.3g}")
+    typer.echo(f"{'iteration':>10} {'flow t':>9} {'L1 gap':>10} {'L1 floor':>10} "
+               f"{'JSD gap':>10} {'JSD(G,rho_d)':>13} {'JSD(u,rho_d)':>13}")
+    for k in range(len(res.times)):
+        typer.echo(f"{res.iterations[k]:>10} {res.times[k]:>9.4g} {_fmt(res.l1_gap[k]):>10} "
+                   f"{_fmt(res.l1_floor[k]):>10} {_fmt(res.jsd_gap[k]):>10} "
+                   f"{_fmt(res.gen_jsd[k]):>13} {_fmt(res.pde_jsd[k]):>13}")
+    if json_out is not None:
+        write_json_atomic(json_out, res.to_dict())
+        typer.echo(f"wrote {json_out}")
+    path = plot_tracking(res, plot or Path(run) / "samples" / "tracking.png")
+    typer.echo(f"wrote {path}")
+
+
 _cli_train.register(app)
 
 

@@ -9,6 +9,7 @@ A run folder holds::
                        + latest.json (everything else; written last, so it is the commit
                        point: a crash between the two files leaves the previous state)
     samples/           PNG figures (samples over the target, metric curves)
+    snapshots/         G-<iteration>.safetensors: the generator at every evaluation
     summary.md         the outcome in a few lines
 
 Reproducibility: networks are initialised from ``seed`` on the CPU; every training
@@ -37,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from ._errors import GanflowError
 from ._io import write_bytes_atomic, write_json_atomic
-from .algorithm import METHODS, PAIRINGS, StepConfig, StepInfo, algorithm_step
+from .algorithm import FIT_SOLVERS, METHODS, PAIRINGS, StepConfig, StepInfo, algorithm_step
 from .data import Dataset, load_data
 from .divergences import get_divergence
 from .metrics import energy_distance, mode_metrics, w2
@@ -109,6 +110,11 @@ class TrainConfig:
     calib_max_steps: int = 20
     fit_tol: float = 0.1
     fit_max_steps: int = 20
+    # faithful only: the CFL step is set by this quantile of |drift| (1 = the max) and the
+    # fit is a Gauss-Newton solve ("optimizer": steps of the optimizer above, whose
+    # per-parameter normalisation overshoots small displacements; see algorithm.py)
+    step_quantile: float = 0.9
+    fit_solver: str = "gauss-newton"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -125,6 +131,12 @@ class TrainConfig:
             raise GanflowError(
                 f"unknown activation {self.activation!r}: expected one of {sorted(ACTIVATIONS)}"
             )
+        if self.fit_solver not in FIT_SOLVERS:
+            raise GanflowError(
+                f"unknown fit solver {self.fit_solver!r}: expected one of {list(FIT_SOLVERS)}"
+            )
+        if not (0 < self.step_quantile <= 1):
+            raise GanflowError(f"step_quantile must be in (0, 1], got {self.step_quantile!r}")
         get_divergence(self.divergence)
         for name in ("lr_g", "lr_d", "eps", "cfl", "fit_tol", "calib_tol"):
             v = getattr(self, name)
@@ -426,6 +438,15 @@ class _Trainer:
         return out
 
     def _log(self, path: Path, row: dict) -> None:
+        # the generator at every evaluation: `ganflow track` compares each with the PDE
+        # solution at the same flow time (a few KB for the MLPs; written before the row,
+        # so every logged row has its snapshot)
+        snap = self.run_dir / "snapshots" / f"G-{self.iteration:08d}.safetensors"
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.G.state_dict().items()}
+        tmp = snap.parent / f".{snap.name}.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, snap)
         self.last_metrics = row
         with open(path, "a") as fh:
             fh.write(json.dumps(row) + "\n")

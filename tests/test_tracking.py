@@ -1,0 +1,62 @@
+"""`ganflow track`: generator snapshots against the PDE solution from the same start."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ganflow as gf
+from ganflow.cli import app
+from ganflow.grid import Grid
+from ganflow.tracking import _sample_grid_density, track_run
+
+TINY = dict(width=16, depth=2, batch_size=64, iterations=40, eval_every=10, eval_samples=200,
+            w2_samples=100, eps=0.05)
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "bimodal"
+    gf.train(gf.TrainConfig(data="bimodal", **TINY), out=out, progress=False)
+    return out
+
+
+def test_track_compares_every_snapshot_with_the_pde(flow_run, tmp_path):
+    res = track_run(flow_run, n=1000, cells=300)
+    np.testing.assert_array_equal(res.iterations, [0, 10, 20, 30, 40])
+    np.testing.assert_allclose(res.times, 0.05 * res.iterations)  # t = eps x iterations
+    assert res.l1_gap[0] < 1e-12  # u(0) is the generator's own KDE
+    assert (res.l1_gap[1:] > 0).all() and (res.l1_floor > 0).all()
+    # the PDE's own JSD to rho_d never increases (same checks as the solver's tests)
+    assert (np.diff(res.pde_jsd) <= 1e-12).all()
+    out = tmp_path / "t.json"
+    cli = CliRunner().invoke(app, ["track", str(flow_run), "--n", "500", "--cells", "200",
+                                   "--json", str(out), "--plot", str(tmp_path / "t.png")])
+    assert cli.exit_code == 0, cli.output
+    data = json.loads(out.read_text())
+    assert len(data["l1_gap"]) == len(data["times"]) == 5
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_grid_density_sampler_reproduces_the_density():
+    grid = Grid(1, 5.0, 500)
+    u = grid.density(gf.load_target("bimodal")).reshape(grid.shape)
+    x = _sample_grid_density(u, grid, 200_000, torch.Generator().manual_seed(0))
+    # bimodal: mean 0, variance 0.25 + 1.5^2 = 2.5; 5 standard errors
+    assert abs(float(x.mean())) < 5 * (2.5 / 200_000) ** 0.5
+    assert abs(float(x.var()) - 2.5) < 0.03
+
+
+def test_track_refuses_what_it_cannot_track(tmp_path):
+    gan = tmp_path / "gan"
+    gf.train(gf.TrainConfig(data="bimodal", method="gan-ns", **TINY), out=gan, progress=False)
+    with pytest.raises(gf.GanflowError, match="needs a run of --method flow"):
+        track_run(gan)
+    moons = tmp_path / "moons"
+    gf.train(gf.TrainConfig(data="moons", **TINY), out=moons, progress=False)
+    with pytest.raises(gf.GanflowError, match="sample-only"):
+        track_run(moons)
+    with pytest.raises(gf.GanflowError, match="no config.json"):
+        track_run(tmp_path)
