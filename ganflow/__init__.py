@@ -9,9 +9,12 @@ from ._errors import GanflowError, NewtonConvergenceError
 from .algorithm import StepConfig, algorithm_step
 from .data import Dataset, load_data
 from .divergences import CHI2, JSD, KL, NS, Divergence, get_divergence
+from .evaluation import evaluate_samples
 from .grid import Grid
+from .particles import ParticleSolution, l1_gap_to_pde, particle_drift, simulate_particles
 from .pde import FokkerPlanckSolution, solve_fokker_planck
 from .targets import GaussianMixture, grid25, load_target, named_targets, ring8
+from .tracking import TrackingResult, track_run
 from .trainer import TrainConfig, TrainingDivergedError, TrainResult, resume, train
 
 __version__ = "0.1.0"
@@ -28,18 +31,25 @@ __all__ = [
     "KL",
     "NS",
     "NewtonConvergenceError",
+    "ParticleSolution",
     "StepConfig",
     "TrainConfig",
+    "TrackingResult",
     "TrainResult",
     "TrainingDivergedError",
     "algorithm_step",
+    "evaluate_samples",
     "get_divergence",
     "grid25",
+    "l1_gap_to_pde",
     "load_data",
     "load_target",
     "named_targets",
+    "particle_drift",
     "resume",
     "ring8",
+    "simulate_particles",
     "solve_fokker_planck",
+    "track_run",
     "train",
 ]
