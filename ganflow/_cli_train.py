@@ -74,6 +74,13 @@ def register(app: typer.Typer) -> None:
                                       "displacement.")] = d.fit_tol,
         fit_max_steps: Annotated[int, opt("--fit-max-steps", "faithful: cap on fit steps.")]
         = d.fit_max_steps,
+        step_quantile: Annotated[float, opt("--step-quantile", "faithful: the CFL step is "
+                                            "set by this quantile of |drift| (1: the max); "
+                                            "faster points are clipped.")] = d.step_quantile,
+        fit_solver: Annotated[str, opt("--fit-solver", "faithful: optimizer (--optimizer "
+                                       "steps) or gauss-newton (scale-aware least "
+                                       "squares).")]
+        = d.fit_solver,
         threads: Annotated[int, opt("--threads", "CPU threads for torch (small networks run "
                                     "fastest on 1).")] = 1,
         out: Annotated[Path | None, opt("--out", "new run folder (default: runs/<data>-"
@@ -107,7 +114,8 @@ def register(app: typer.Typer) -> None:
                     iterations=iterations if iterations is not None else d.iterations,
                     eval_every=eval_every, faithful=faithful, cfl=cfl, calib_tol=calib_tol,
                     calib_max_steps=calib_max_steps, fit_tol=fit_tol,
-                    fit_max_steps=fit_max_steps,
+                    fit_max_steps=fit_max_steps, step_quantile=step_quantile,
+                    fit_solver=fit_solver,
                 )
                 result = tr.train(cfg, out=out, progress=progress)
         except GanflowError as exc:

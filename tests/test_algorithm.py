@@ -15,6 +15,7 @@ from ganflow.algorithm import (
     assignment_permutation,
     calibrate_discriminator,
     fit_generator,
+    gauss_newton_fit,
     generator_loss,
     push_targets,
 )
@@ -170,7 +171,7 @@ def test_faithful_step_control_bounds_moves():
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     cfg = StepConfig(eps=10.0, divergence="kl", faithful=True, cfl=0.5, length_scale=0.02,
-                     batch_size=64, fit_max_steps=30, calib_max_steps=5)
+                     batch_size=64, fit_max_steps=30, calib_max_steps=5, step_quantile=1.0)
     info = algorithm_step(
         G, D, opt_g, opt_d,
         lambda m: torch.randn(m, 2, generator=gen, dtype=torch.float64),
@@ -197,3 +198,69 @@ def test_calibration_stops_when_loss_plateaus():
     _, taken = calibrate_discriminator(D, opt, draw, lambda: draw() + 3, steps=1, tol=1e-9,
                                        max_steps=7)
     assert taken == 7  # a separable problem keeps improving: the cap holds
+
+
+def test_step_quantile_sets_the_step_and_clips_the_fastest():
+    # with step_quantile q, eps_t = cfl * L / quantile_q(|drift|) (unless eps binds), and no
+    # target moves more than cfl * L: the few faster points are clipped, not the time step
+    G, D = _nets(seed=2)
+    with torch.no_grad():
+        for p in D.parameters():
+            p.mul_(3)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3)
+    opt_d = torch.optim.SGD(D.parameters(), lr=0.0)  # D frozen: the drift is known below
+    gen = torch.Generator().manual_seed(0)
+    cfg = StepConfig(eps=10.0, divergence="kl", faithful=True, cfl=0.5, length_scale=0.02,
+                     batch_size=64, calib_max_steps=5, step_quantile=0.5, fit_max_steps=30,
+                     fit_solver="gauss-newton")
+    info = algorithm_step(
+        G, D, opt_g, opt_d,
+        lambda m: torch.randn(m, 2, generator=gen, dtype=torch.float64),
+        lambda m: torch.randn(m, 2, generator=gen, dtype=torch.float64), cfg,
+    )
+    assert info.flow_time < 10.0
+    # the median speed sets the step, so the fastest point would have moved further
+    assert info.flow_time * info.drift_max > 0.5 * 0.02 * 1.01
+    # the (default) Gauss-Newton fit reached its tolerance on the clipped targets
+    assert info.fit_ratio < 0.1
+
+
+@pytest.mark.parametrize("scale", [1e-1, 1e-3, 1e-5])
+def test_gauss_newton_fit_reaches_tolerance_at_any_scale(scale):
+    # a smooth displacement field of any size is fitted to 10 % in a few steps, where Adam
+    # (per-parameter normalised steps of about lr) overshoots displacements below lr
+    torch.manual_seed(0)
+    G = make_generator(2, 2, width=64, depth=2).double()
+    z = torch.randn(256, 2, dtype=torch.float64)
+    with torch.no_grad():
+        x = G(z)
+    y = x + scale * torch.stack([torch.sin(3 * x[:, 1]), torch.cos(2 * x[:, 0])], -1)
+    disp = float((y - x).pow(2).sum(-1).mean().sqrt())
+    resid, taken = gauss_newton_fit(G, z, y, tol=0.1, scale=disp, max_steps=10)
+    assert resid < 0.1 * disp
+    assert taken <= 5
+    with torch.no_grad():
+        assert float((G(z) - y).pow(2).sum(-1).mean().sqrt()) == pytest.approx(resid)
+    # the optimizer baseline, for contrast: 10 Adam steps of lr 1e-3 on the same problem
+    if scale <= 1e-3:
+        torch.manual_seed(0)
+        G2 = make_generator(2, 2, width=64, depth=2).double()
+        opt = torch.optim.Adam(G2.parameters(), lr=1e-3)
+        fit_generator(G2, opt, z, generator_loss("flow", targets=y), steps=10)
+        with torch.no_grad():
+            assert float((G2(z) - y).pow(2).sum(-1).mean().sqrt()) > 0.1 * disp
+
+
+def test_gauss_newton_fit_never_increases_the_residual():
+    # a rough target (noise at the points) cannot be fitted to 1 %: the capped fit still
+    # never ends worse than it started (rejected Levenberg-Marquardt steps are undone)
+    torch.manual_seed(1)
+    G = make_generator(2, 2, width=16, depth=1).double()
+    z = torch.randn(128, 2, dtype=torch.float64)
+    with torch.no_grad():
+        x = G(z)
+    y = x + 0.1 * torch.randn(128, 2, dtype=torch.float64)
+    disp = float((y - x).pow(2).sum(-1).mean().sqrt())
+    resid, taken = gauss_newton_fit(G, z, y, tol=0.01, scale=disp, max_steps=4)
+    assert taken == 4
+    assert resid <= disp

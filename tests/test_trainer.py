@@ -39,6 +39,7 @@ def _weights(run_dir):
     {},  # Algorithm 1, Adam
     {"method": "gan-ns", "lr_decay": 0.1},  # a baseline with a learning-rate schedule
     {"faithful": True, "eps": 0.5, "pairing": "assignment", "fit_steps": 2},
+    {"faithful": True, "eps": 0.5, "fit_solver": "gauss-newton", "step_quantile": 1.0},
 ])
 def test_resume_gives_the_same_metrics(tmp_path, extra):
     cfg = TrainConfig(**TINY, **extra)
@@ -146,6 +147,8 @@ def test_cli_train_sample_plot(tmp_path):
     (["--pairing", "greedy"], "unknown pairing"),
     (["--divergence", "hellinger"], "unknown divergence"),
     (["--eps", "-1"], "eps"),
+    (["--faithful", "--fit-solver", "lbfgs"], "unknown fit solver"),
+    (["--faithful", "--step-quantile", "1.5"], "step_quantile"),
 ])
 def test_cli_errors(tmp_path, args, match):
     out = tmp_path / "run"
