@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +49,17 @@ PlotOpt = Annotated[Path | None, typer.Option("--plot", help="write a PNG figure
 def _fail(exc: Exception, code: int = 2):
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _exit_on_error():
+    """Bad input exits 2, a failed Newton solve exits 1, each with ``error: <message>``."""
+    try:
+        yield
+    except GanflowError as exc:
+        _fail(exc)
+    except NewtonConvergenceError as exc:
+        _fail(exc, 1)
 
 
 def _parse_times(text: str | None, t_end: float) -> list[float]:
@@ -99,7 +112,7 @@ def pde(
     """Solve the Fokker-Planck equation (25) of the chosen flow on a grid (1-D or 2-D)."""
     from .pde import solve_fokker_planck
 
-    try:
+    with _exit_on_error():
         times = _parse_times(save_at, t_end) or _default_save_times(t_end)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -117,10 +130,6 @@ def pde(
             )
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
-    except GanflowError as exc:
-        _fail(exc)
-    except NewtonConvergenceError as exc:
-        _fail(exc, 1)
     g = sol.grid
     typer.echo(
         f"{sol.divergence} flow, target {sol.target}, init {sol.init}: dim {g.dim}, box "
@@ -186,7 +195,7 @@ def particles(
 
     if dtype not in ("float32", "float64"):
         _fail(GanflowError(f"--dtype must be float32 or float64, got {dtype!r}"))
-    try:
+    with _exit_on_error():
         times = _parse_times(save_at, t_end) or [t_end / 8, t_end / 4, t_end / 2, t_end]
         part = simulate_particles(
             target,
@@ -220,10 +229,6 @@ def particles(
                 )
             gap = l1_gap_to_pde(part, sol, bw)
             gap_smooth = l1_gap_to_pde(part, sol, bw, smooth_pde=True)
-    except GanflowError as exc:
-        _fail(exc)
-    except NewtonConvergenceError as exc:
-        _fail(exc, 1)
     typer.echo(
         f"{part.divergence} flow, target {part.target}: {part.positions.shape[1]} particles, "
         f"{part.n_steps} {method} steps in {part.seconds:.1f} s"
@@ -292,16 +297,14 @@ def eval_(
     """Print (and save) every metric of a run or a sample file, with noise floors."""
     from .evaluation import evaluate_samples, format_evaluation
 
-    try:
+    with _exit_on_error():
         if source.is_dir():
-            import json as _json
-
             from .trainer import sample_run
 
             cfg_path = source / "config.json"
             if not cfg_path.exists():
                 raise GanflowError(f"{str(source)!r} is not a run folder: no config.json in it")
-            data = data or _json.loads(cfg_path.read_text())["data"]
+            data = data or json.loads(cfg_path.read_text())["data"]
             samples = sample_run(source, n, seed=seed).double().numpy()
         elif source.suffix.lower() == ".npy":
             if data is None:
@@ -316,8 +319,6 @@ def eval_(
                 f"{str(source)!r} is neither a run folder nor a .npy file of samples"
             )
         res = evaluate_samples(samples, data, seed=seed)
-    except GanflowError as exc:
-        _fail(exc)
     typer.echo(format_evaluation(res))
     if json_out is not None:
         write_json_atomic(json_out, res)
@@ -341,13 +342,9 @@ def track(
     """Does the generator follow the gradient flow? Compare it with the PDE's u(t)."""
     from .tracking import plot_tracking, track_run
 
-    try:
+    with _exit_on_error():
         res = track_run(run, n=n, cells=cells, box=box, seed=seed,
                         progress=sys.stderr.isatty())
-    except GanflowError as exc:
-        _fail(exc)
-    except NewtonConvergenceError as exc:
-        _fail(exc, 1)
     g = res.pde.grid
     typer.echo(f"{res.divergence} flow from the run's initial generator: {res.n_samples} "
                f"samples per snapshot, PDE on {g.cells}^{g.dim} cells, box {g.half_width:.3g}")

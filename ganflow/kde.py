@@ -93,8 +93,8 @@ def resolve_bandwidth(points: torch.Tensor, bandwidth: float | str) -> float:
 
 
 def _kernel_blocks(query: torch.Tensor, points: torch.Tensor, bandwidth: float):
-    """Yield (q, w, lse) per chunk: w = exp(logit - rowmax), unnormalised kernel weights,
-    and lse = ln sum_j exp(-|q - X_j|^2 / (2 b^2)) for each query row."""
+    """Yield (q, w, w_sum, lse) per chunk: w = exp(logit - rowmax), unnormalised kernel
+    weights, w_sum their row sums (M, 1), and lse = ln sum_j exp(-|q - X_j|^2 / (2 b^2))."""
     b2 = bandwidth**2
     # -|q - p|^2/(2b^2) = (q.p)/b^2 - |p|^2/(2b^2) - |q|^2/(2b^2): one addmm per block,
     # the |q|^2 term is constant along the row and is added back to lse only.
@@ -104,8 +104,9 @@ def _kernel_blocks(query: torch.Tensor, points: torch.Tensor, bandwidth: float):
         logits = torch.addmm(p_term, q, points.T, alpha=1.0 / b2)
         row_max = logits.amax(1, keepdim=True)
         w = logits.sub_(row_max).clamp_min_(_LOGIT_FLOOR).exp_()
-        lse = w.sum(1).log_() + row_max[:, 0] - q.pow(2).sum(1).mul_(0.5 / b2)
-        yield q, w, lse
+        w_sum = w.sum(1, keepdim=True)
+        lse = w_sum[:, 0].log() + row_max[:, 0] - q.pow(2).sum(1).mul_(0.5 / b2)
+        yield q, w, w_sum, lse
 
 
 def _log_norm(n: int, d: int, bandwidth: float) -> float:
@@ -122,8 +123,8 @@ def kde_log_density_and_score(
     """
     n, d = points.shape
     logs, scores = [], []
-    for q, w, lse in _kernel_blocks(query, points, bandwidth):
-        scores.append((w @ points / w.sum(1, keepdim=True) - q) / bandwidth**2)
+    for q, w, w_sum, lse in _kernel_blocks(query, points, bandwidth):
+        scores.append((w @ points / w_sum - q) / bandwidth**2)
         logs.append(lse)
     return torch.cat(logs) + _log_norm(n, d, bandwidth), torch.cat(scores)
 
@@ -131,5 +132,5 @@ def kde_log_density_and_score(
 def kde_log_density(query: torch.Tensor, points: torch.Tensor, bandwidth: float) -> torch.Tensor:
     """ln rho_hat at ``query`` (M, d); see :func:`kde_log_density_and_score`."""
     n, d = points.shape
-    logs = [lse for _, _, lse in _kernel_blocks(query, points, bandwidth)]
+    logs = [lse for *_, lse in _kernel_blocks(query, points, bandwidth)]
     return torch.cat(logs) + _log_norm(n, d, bandwidth)

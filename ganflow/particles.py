@@ -14,6 +14,7 @@ equation. Time stepping is explicit: Euler (first order) or Heun (second order).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,7 +133,7 @@ def simulate_particles(
             raise GanflowError(f"number of particles must be an integer >= 2, got {n!r}")
         gen = torch.Generator().manual_seed(int(seed))
         x = init_mix.sample(int(n), generator=gen, dtype=dtype, device=device)
-    resolve_bandwidth(x, bandwidth)  # validate early
+    first_bandwidth = resolve_bandwidth(x, bandwidth)  # validates before any step
 
     save_times = sorted(
         {float(s) for s in (save_at if save_at is not None else [])} | {float(t_end)}
@@ -144,11 +145,9 @@ def simulate_particles(
     def drift(y: torch.Tensor) -> torch.Tensor:
         return particle_drift(y, rho, div, bandwidth)
 
-    import time
-
     start = time.perf_counter()
     t, steps = 0.0, 0
-    times, positions, bws = [0.0], [x.cpu().numpy().copy()], [resolve_bandwidth(x, bandwidth)]
+    times, positions, bws = [0.0], [x.cpu().numpy().copy()], [first_bandwidth]
     t_eps = 1e-12 * max(1.0, t_end)
     bar = None
     if progress:
