@@ -11,6 +11,7 @@ from .data import Dataset, load_data
 from .divergences import CHI2, JSD, KL, NS, Divergence, get_divergence
 from .evaluation import evaluate_samples
 from .grid import Grid
+from .particle_flow import distil_step, particle_step
 from .particles import ParticleSolution, l1_gap_to_pde, particle_drift, simulate_particles
 from .pde import FokkerPlanckSolution, solve_fokker_planck
 from .targets import GaussianMixture, grid25, load_target, named_targets, ring8
@@ -38,6 +39,7 @@ __all__ = [
     "TrainResult",
     "TrainingDivergedError",
     "algorithm_step",
+    "distil_step",
     "evaluate_samples",
     "get_divergence",
     "grid25",
@@ -46,6 +48,7 @@ __all__ = [
     "load_target",
     "named_targets",
     "particle_drift",
+    "particle_step",
     "resume",
     "ring8",
     "simulate_particles",

@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
                                  "circles, bimodal, normal:MEAN:STD, a mixture .json, or a "
                                  ".npy/.csv table of shape (n, d).")] = d.data,
         method: Annotated[str, opt("--method", "flow (Algorithm 1), gan (saturating "
-                                   "ln(1-D)), gan-ns (non-saturating -ln D).")] = d.method,
+                                   "ln(1-D)), gan-ns (non-saturating -ln D), particles (no "
+                                   "generator: N particles moved by D's drift).")] = d.method,
         divergence: Annotated[str, opt("--divergence", "flow's divergence: jsd, kl, ns, "
                                        "chi2.")] = d.divergence,
         eps: Annotated[float, opt("--eps", "flow time step of eq. (22) (faithful: the "
@@ -81,6 +82,15 @@ def register(app: typer.Typer) -> None:
                                        "steps) or gauss-newton (scale-aware least "
                                        "squares).")]
         = d.fit_solver,
+        particles: Annotated[int, opt("--particles", "particles: how many (N).")] = d.particles,
+        particle_init: Annotated[str, opt("--particle-init", "particles: start law, any "
+                                          "--data spec of the data's dimension (default "
+                                          "N(0, I)).")] = d.particle_init,
+        distil: Annotated[bool, opt("--distil/--no-distil", "particles: afterwards fit a "
+                                    "generator to the particles set-wise (a sampler).")]
+        = d.distil,
+        distil_iterations: Annotated[int, opt("--distil-iterations", "particles: steps of "
+                                              "the distillation fit.")] = d.distil_iterations,
         threads: Annotated[int, opt("--threads", "CPU threads for torch (small networks run "
                                     "fastest on 1).")] = 1,
         out: Annotated[Path | None, opt("--out", "new run folder (default: runs/<data>-"
@@ -91,7 +101,8 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, opt("--progress/--no-progress", "show a progress bar.")]
         = True,
     ) -> None:
-        """Train a generator by Algorithm 1 (or a GAN baseline); leaves a run folder."""
+        """Train a generator by Algorithm 1 (or a GAN baseline, or particles); leaves a run
+        folder."""
         import torch
 
         from . import trainer as tr
@@ -115,7 +126,8 @@ def register(app: typer.Typer) -> None:
                     eval_every=eval_every, faithful=faithful, cfl=cfl, calib_tol=calib_tol,
                     calib_max_steps=calib_max_steps, fit_tol=fit_tol,
                     fit_max_steps=fit_max_steps, step_quantile=step_quantile,
-                    fit_solver=fit_solver,
+                    fit_solver=fit_solver, particles=particles, particle_init=particle_init,
+                    distil=distil, distil_iterations=distil_iterations,
                 )
                 result = tr.train(cfg, out=out, progress=progress)
         except GanflowError as exc:
@@ -141,7 +153,7 @@ def register(app: typer.Typer) -> None:
             "samples.npy"),
         seed: Annotated[int, opt("--seed", "seed of the latent draw.")] = 0,
     ) -> None:
-        """Draw samples from a trained run's generator into a .npy file."""
+        """Draw samples from a trained run's generator (or its particles) into a .npy file."""
         import io
 
         import numpy as np

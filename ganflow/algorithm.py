@@ -80,6 +80,8 @@ __all__ = [
     "algorithm_step",
     "assignment_permutation",
     "calibrate_discriminator",
+    "controlled_move",
+    "discriminator_drift",
     "discriminator_loss",
     "fit_generator",
     "gauss_newton_fit",
@@ -239,6 +241,46 @@ def push_targets(
         (grad_f,) = torch.autograd.grad(f.sum(), x)
     drift = div.drift(f.detach(), grad_f).detach()
     return (x.detach() + eps * drift), drift
+
+
+def controlled_move(drift: torch.Tensor, cfg: StepConfig) -> tuple[torch.Tensor, float]:
+    r"""The move eps * drift of (22) and the flow time eps it advances.
+
+    Outside the faithful mode eps = ``cfg.eps``. In the faithful mode the CFL-like rule on
+    a robust statistic: eps = min(cfg.eps, cfl * length_scale / q), q the
+    ``step_quantile`` quantile of |drift_i| (1: the max), so a few points with a large
+    drift cannot freeze flow time; those few have their move clipped to
+    cfl * length_scale (they lag the ODE). ``drift`` has shape (m, d).
+    """
+    eps = cfg.eps
+    if not cfg.faithful:
+        return eps * drift, eps
+    limit = cfg.cfl * cfg.length_scale
+    speed = drift.norm(dim=-1)
+    # torch.quantile refuses inputs of more than 2^24 elements; speeds are one per point
+    vq = float(torch.quantile(speed.double(), cfg.step_quantile))
+    if vq > 0:
+        eps = min(eps, limit / vq)
+    move = eps * drift
+    norm = move.norm(dim=-1, keepdim=True)
+    return move * torch.clamp(limit / norm.clamp_min(1e-30), max=1.0), eps
+
+
+def discriminator_drift(
+    D: nn.Module, x: torch.Tensor, *, divergence: str | Divergence = "jsd", chunk: int = 8192
+) -> torch.Tensor:
+    r"""The drift m(e^{-f}) grad f of ODE (2) (section 7) at every row of ``x`` (N, d).
+
+    Computed ``chunk`` rows at a time, so that D's activations for N = 50 000 points never
+    sit in memory at once; the points do not interact, so chunking changes nothing.
+    Returns a detached tensor of x's shape."""
+    if chunk < 1:
+        raise GanflowError(f"chunk must be a positive integer, got {chunk!r}")
+    out = torch.empty_like(x)
+    for start in range(0, x.shape[0], chunk):
+        out[start:start + chunk] = push_targets(
+            D, x[start:start + chunk], eps=1.0, divergence=divergence)[1]
+    return out
 
 
 def assignment_permutation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -432,19 +474,7 @@ def algorithm_step(
         x0 = G(z)
     _, drift = push_targets(D, x0, eps=1.0, divergence=cfg.divergence)
     speed = drift.norm(dim=-1)
-    eps = cfg.eps
-    move = eps * drift
-    if cfg.faithful:
-        # CFL-like rule on a robust statistic: the step is set by the step_quantile of the
-        # speeds (1: the max), so a few points with a large drift cannot freeze flow time;
-        # those few have their move clipped to cfl * length_scale (they lag the ODE).
-        limit = cfg.cfl * cfg.length_scale
-        vq = float(torch.quantile(speed.double(), cfg.step_quantile))
-        if vq > 0:
-            eps = min(eps, limit / vq)
-        move = eps * drift
-        norm = move.norm(dim=-1, keepdim=True)
-        move = move * torch.clamp(limit / norm.clamp_min(1e-30), max=1.0)
+    move, eps = controlled_move(drift, cfg)
     y = x0 + move  # eq. (22)
     if cfg.pairing == "assignment":
         y = y[assignment_permutation(x0, y)]

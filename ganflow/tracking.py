@@ -78,7 +78,8 @@ class TrackingResult:
 
 
 def _snapshots(run_dir: Path) -> list[tuple[int, Path]]:
-    snaps = sorted((run_dir / "snapshots").glob("G-*.safetensors"))
+    # G-<it>: generator weights (flow runs); P-<it>: particles (particle runs)
+    snaps = sorted((run_dir / "snapshots").glob("[GP]-*.safetensors"))
     return [(int(p.stem.split("-")[1]), p) for p in snaps]
 
 
@@ -109,11 +110,14 @@ def track_run(
     seed: int = 0,
     progress: bool = False,
 ) -> TrackingResult:
-    r"""Compare a ``flow`` run's generator snapshots with the PDE solution u(t).
+    r"""Compare a ``flow`` run's generator snapshots (or a ``particles`` run's particle
+    snapshots) with the PDE solution u(t).
 
     Args:
-        run_dir: a run folder of ``ganflow train --method flow`` on a 1-D or 2-D mixture.
-        n: generator samples per snapshot (the KDE's; noise falls like n^(-2/(d+4))).
+        run_dir: a run folder of ``ganflow train --method flow|particles`` on a 1-D or 2-D
+            mixture.
+        n: samples per snapshot (the KDE's; noise falls like n^(-2/(d+4))); for a particle
+            run at most the snapshot's particles (``n_samples`` of the result says).
         cells: grid cells per dimension (default: 2 per finest std/bandwidth, at most
             2000 in 1-D and 256 in 2-D).
         box: half-width of the grid (default: the target's extent and the samples').
@@ -126,10 +130,10 @@ def track_run(
         run_dir / "config.json").exists() else None
     if cfg is None:
         raise GanflowError(f"{str(run_dir)!r} is not a run folder: no config.json in it")
-    if cfg.get("method") != "flow":
+    if cfg.get("method") not in ("flow", "particles"):
         raise GanflowError(
-            f"tracking needs a run of --method flow (flow time = eps x iterations); "
-            f"{str(run_dir)!r} is a {cfg.get('method')!r} run"
+            f"tracking needs a run of --method flow or particles (flow time = eps x "
+            f"iterations); {str(run_dir)!r} is a {cfg.get('method')!r} run"
         )
     trainer = _load_run(run_dir, device="cpu")
     mixture = trainer.data.mixture
@@ -141,8 +145,8 @@ def track_run(
     snaps = _snapshots(run_dir)
     if not snaps or snaps[0][0] != 0:
         raise GanflowError(
-            f"{str(run_dir)!r} has no generator snapshot at iteration 0 (snapshots/G-*.safetensors"
-            "): re-train with this version of ganflow"
+            f"{str(run_dir)!r} has no snapshot at iteration 0 (snapshots/[GP]-*.safetensors): "
+            "re-train with this version of ganflow"
         )
     times_of = _flow_times(run_dir)
     snaps = [(it, p) for it, p in snaps if it in times_of]
@@ -150,13 +154,18 @@ def track_run(
     G = trainer.G
     samples = []
     for _, path in snaps:
-        G.load_state_dict(load_file(str(path)))
-        z = trainer.sample_latent(int(n), torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            x = G(z).double().cpu()
+        if path.name.startswith("P-"):
+            # the snapshot's particles are exchangeable: its first n are a uniform subsample
+            x = load_file(str(path))["particles"][: int(n)].double()
+        else:
+            G.load_state_dict(load_file(str(path)))
+            z = trainer.sample_latent(int(n), torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                x = G(z).double().cpu()
         if not torch.isfinite(x).all():
-            raise GanflowError(f"generator snapshot {path.name} produces NaN/Inf samples")
+            raise GanflowError(f"snapshot {path.name} holds or produces NaN/Inf samples")
         samples.append(x)
+    n = min(len(x) for x in samples)
 
     bws = [cv_bandwidth(x) for x in samples]
     d = mixture.dim

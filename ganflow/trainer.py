@@ -20,6 +20,14 @@ same numbers as not stopping (tests/test_trainer.py).
 
 Flow time: ``eps`` per iteration (THEORY.md section 5), or in the faithful mode the
 sum of the controlled steps actually taken.
+
+``method="particles"`` (issue 7, :mod:`ganflow.particle_flow`) trains no generator: N
+particles, part of every checkpoint, are moved by the calibrated discriminator's drift;
+evaluation uses a fixed-seed subsample of ``eval_samples`` of them, and the snapshots
+``snapshots/P-<iteration>.safetensors`` hold the first ``min(N, 20000)`` particles (the
+particles are exchangeable, so these are a uniform subsample). With ``distil`` a
+generator is fitted set-wise to the final particles (``distil.json``), so the run still
+gives a sampler.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from .data import Dataset, load_data
 from .divergences import get_divergence
 from .metrics import energy_distance, mode_metrics, w2
 from .networks import ACTIVATIONS, make_discriminator, make_generator
+from .particle_flow import distil_step, particle_step
 
 __all__ = [
     "TrainConfig",
@@ -55,6 +64,11 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "sgd")
+# the generator methods of algorithm.py, and the particle method of particle_flow.py
+TRAIN_METHODS = (*METHODS, "particles")
+# particles kept per snapshot: enough for `ganflow track`'s KDE (n = 5000 by default)
+# without writing N x d floats at every evaluation
+_SNAPSHOT_PARTICLES = 20000
 
 
 class TrainingDivergedError(RuntimeError):
@@ -116,10 +130,18 @@ class TrainConfig:
     # ring8, no better on fresh z and at 8x the cost: measurements in algorithm.py)
     step_quantile: float = 0.9
     fit_solver: str = "optimizer"
+    # method "particles" only: N particles, their start ("" = N(0, I_d), the latent law in
+    # data space; else any --data spec of the same dimension), and the optional set-wise
+    # distillation of the final particles into a generator
+    particles: int = 10000
+    particle_init: str = ""
+    distil: bool = False
+    distil_iterations: int = 2000
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise GanflowError(f"unknown method {self.method!r}: expected one of {list(METHODS)}")
+        if self.method not in TRAIN_METHODS:
+            raise GanflowError(
+                f"unknown method {self.method!r}: expected one of {list(TRAIN_METHODS)}")
         if self.pairing not in PAIRINGS:
             raise GanflowError(
                 f"unknown pairing {self.pairing!r}: expected one of {list(PAIRINGS)}"
@@ -149,7 +171,7 @@ class TrainConfig:
             raise GanflowError(f"beta1 must be in [0, 1), got {self.beta1!r}")
         for name in ("fit_steps", "d_steps", "batch_size", "width", "latent_dim",
                      "iterations", "eval_every", "eval_samples", "w2_samples",
-                     "calib_max_steps", "fit_max_steps"):
+                     "calib_max_steps", "fit_max_steps", "particles", "distil_iterations"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise GanflowError(f"{name} must be a positive integer, got {v!r}")
@@ -160,11 +182,20 @@ class TrainConfig:
             )
         if self.eval_samples < 2 or self.w2_samples < 2:
             raise GanflowError("eval_samples and w2_samples must be at least 2")
+        if self.method == "particles" and self.particles < 2:
+            raise GanflowError(f"particles must be at least 2, got {self.particles!r}")
+        if self.distil and self.method != "particles":
+            raise GanflowError(
+                f"--distil fits a generator to particles: it needs --method particles, "
+                f"not {self.method!r}")
         _parse_device(self.device)
 
     def step_config(self, length_scale: float) -> StepConfig:
-        keys = {f.name for f in fields(StepConfig)} - {"length_scale"}
-        return StepConfig(length_scale=length_scale, **{k: getattr(self, k) for k in keys})
+        keys = {f.name for f in fields(StepConfig)} - {"length_scale", "method"}
+        # the particle step is the flow's step without the fit: same D, drift, step control
+        method = "flow" if self.method == "particles" else self.method
+        return StepConfig(length_scale=length_scale, method=method,
+                          **{k: getattr(self, k) for k in keys})
 
     @classmethod
     def from_dict(cls, obj: dict) -> TrainConfig:
@@ -220,6 +251,41 @@ class _Trainer:
         self.seconds = 0.0
         self.last_metrics: dict = {}
         self.recent: list[StepInfo] = []
+        self.particles: torch.Tensor | None = None
+        self.distilled = False
+        if cfg.method == "particles":
+            self.particles = self._initial_particles().to(self.device)
+
+    def _initial_particles(self) -> torch.Tensor:
+        cfg, data = self.cfg, self.data
+        # its own seed stream: the training batches are the same with or without particles
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
+        if not cfg.particle_init:
+            return torch.randn(cfg.particles, data.dim, generator=gen)
+        start = load_data(cfg.particle_init)
+        if start.dim != data.dim:
+            raise GanflowError(
+                f"--particle-init {cfg.particle_init!r} is {start.dim}-dimensional; the data "
+                f"{data.name!r} is {data.dim}-dimensional")
+        return start.sample(cfg.particles, gen)
+
+    def pick_particles(self, m: int) -> torch.Tensor:
+        """m particle indices, with replacement, from the training generator."""
+        assert self.particles is not None
+        return torch.randint(0, self.particles.shape[0], (m,), generator=self.gen).to(
+            self.device)
+
+    @torch.no_grad()
+    def draw(self, n: int, gen: torch.Generator, *, use_generator: bool = False) -> torch.Tensor:
+        """n samples of the model: G(z), or n distinct particles (fixed by ``gen``)."""
+        if self.particles is None or use_generator:
+            return self.G(self.sample_latent(n, gen))
+        total = self.particles.shape[0]
+        if n > total:
+            raise GanflowError(
+                f"the run has {total} particles; asked for {n} distinct ones (ask for at "
+                "most that many, or train with --distil for a generator)")
+        return self.particles[torch.randperm(total, generator=gen)[:n].to(self.device)]
 
     def _optimizer(self, net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "sgd":
@@ -246,28 +312,42 @@ class _Trainer:
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def sample_metrics(self, *, use_generator: bool = False) -> dict:
+        """Mode metrics, energy and W2 of the model's samples against held-out data."""
         cfg = self.cfg
-        # Fixed latent and held-out data every time: curves are not jittered by resampling,
-        # and evaluation never touches the training generator.
-        z = self.sample_latent(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 1))
-        fake = self.G(z).double().cpu()
-        held = self.data.sample(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 2))
-        out: dict = {"iteration": self.iteration, "flow_time": self.flow_time,
-                     "seconds": round(self.seconds, 3)}
+        n = cfg.eval_samples
+        if self.particles is not None and not use_generator:
+            n = min(n, self.particles.shape[0])  # a subsample of the particles, if N allows
+        # Fixed latent (or particle subset) and held-out data every time: curves are not
+        # jittered by resampling, and evaluation never touches the training generator.
+        fake = self.draw(n, torch.Generator().manual_seed(cfg.seed + 1),
+                         use_generator=use_generator).double().cpu()
+        held = self.data.sample(n, torch.Generator().manual_seed(cfg.seed + 2))
+        out: dict = {}
+        if self.particles is not None:
+            out["n_eval"] = n
         if not torch.isfinite(fake).all():
             raise TrainingDivergedError(
                 f"generated samples are NaN/Inf at iteration {self.iteration}")
         if self.data.mixture is not None:
             out.update(mode_metrics(fake, self.data.mixture))
         out["energy"] = energy_distance(fake, held.double())
-        k = min(cfg.w2_samples, cfg.eval_samples)
+        k = min(cfg.w2_samples, n)
         out["w2"] = w2(fake[:k], held[:k].double())
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        out: dict = {"iteration": self.iteration, "flow_time": self.flow_time,
+                     "seconds": round(self.seconds, 3)}
+        out.update(self.sample_metrics())
         if self.recent:
             for key in ("d_loss", "g_loss", "drift_rms", "drift_max", "fit_ratio"):
                 vals = [getattr(s, key) for s in self.recent]
                 mean = sum(vals) / len(vals)
                 out[key] = mean if math.isfinite(mean) else None
+            if self.particles is not None:
+                del out["g_loss"], out["fit_ratio"]  # no generator is fitted
             out["d_steps"] = sum(s.d_steps for s in self.recent) / len(self.recent)
             out["fit_steps"] = sum(s.fit_steps for s in self.recent) / len(self.recent)
         self.recent = []
@@ -292,6 +372,8 @@ class _Trainer:
             meta[name] = {"param_groups": sd["param_groups"], "scalars": scalars,
                           "indices": sorted(sd["state"])}
         tensors["rng.train"] = self.gen.get_state()
+        if self.particles is not None:
+            tensors["particles"] = self.particles.detach().cpu().contiguous()
         return tensors, meta
 
     def save_checkpoint(self) -> Path:
@@ -301,6 +383,9 @@ class _Trainer:
                     raise TrainingDivergedError(
                         f"parameter {name}.{pname} is NaN/Inf at iteration {self.iteration}; "
                         "not saved")
+        if self.particles is not None and not torch.isfinite(self.particles).all():
+            raise TrainingDivergedError(
+                f"particles are NaN/Inf at iteration {self.iteration}; not saved")
         ck = self.run_dir / "checkpoints"
         ck.mkdir(parents=True, exist_ok=True)
         tensors, meta = self.state_tensors()
@@ -312,6 +397,7 @@ class _Trainer:
         os.replace(tmp, ck / fname)
         state = {"iteration": self.iteration, "flow_time": self.flow_time,
                  "seconds": self.seconds, "weights": fname, "torch": torch.__version__,
+                 "distilled": self.distilled,
                  "optimizers": meta, "last_metrics": self.last_metrics,
                  # step statistics since the last evaluation, so that an interrupted and
                  # resumed run logs the same averages as one that never stopped
@@ -352,6 +438,9 @@ class _Trainer:
                 st[idx] = entry
             opt.load_state_dict({"state": st, "param_groups": meta["param_groups"]})
         self.gen.set_state(tensors["rng.train"])
+        if self.particles is not None:
+            self.particles = tensors["particles"].to(self.device)
+        self.distilled = bool(state.get("distilled", False))
         self.iteration = int(state["iteration"])
         self.flow_time = float(state["flow_time"])
         self.seconds = float(state["seconds"])
@@ -390,9 +479,16 @@ class _Trainer:
                     status = "interrupted"
                     break
                 self._set_lr()
-                info = algorithm_step(self.G, self.D, self.opt_g, self.opt_d, self.sample_data,
-                                      self.sample_latent, self.step_cfg)
-                for qty in ("d_loss", "g_loss"):
+                if self.particles is not None:
+                    info = particle_step(self.D, self.opt_d, self.particles, self.sample_data,
+                                         self.pick_particles, self.step_cfg)
+                    checked = ("d_loss", "drift_max")
+                    self.distilled = False  # the particles moved on from any distilled G
+                else:
+                    info = algorithm_step(self.G, self.D, self.opt_g, self.opt_d,
+                                          self.sample_data, self.sample_latent, self.step_cfg)
+                    checked = ("d_loss", "g_loss")
+                for qty in checked:
                     if not math.isfinite(getattr(info, qty)):
                         raise TrainingDivergedError(
                             f"{qty.replace('_', ' ')} is {getattr(info, qty)} at iteration "
@@ -413,6 +509,9 @@ class _Trainer:
                 self.save_checkpoint()
             elif self.iteration < cfg.iterations:
                 status = "stopped"
+            elif cfg.distil and self.particles is not None:
+                bar.close()
+                status = self.distil(interrupted, progress=progress)
         except TrainingDivergedError:
             self._write_summary("diverged")
             raise
@@ -430,6 +529,46 @@ class _Trainer:
         return TrainResult(self.run_dir, status, self.iteration, self.flow_time, self.seconds,
                            dict(self.last_metrics))
 
+    def distil(self, interrupted: threading.Event, *, progress: bool = True) -> str:
+        """Fit G set-wise to the final particles (``distil_iterations`` steps); writes
+        ``distil.json`` with the generator's metrics next to the particles'."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        assert self.particles is not None
+        # own seed streams: distilling never changes the particles' training stream
+        zgen = torch.Generator().manual_seed(cfg.seed + 4)
+
+        def pick(m: int) -> torch.Tensor:
+            return torch.randint(0, self.particles.shape[0], (m,), generator=zgen).to(
+                self.device)
+
+        losses: list[float] = []
+        t0 = time.perf_counter()
+        for k in tqdm(range(cfg.distil_iterations), disable=not progress,
+                      dynamic_ncols=True, desc="distil"):
+            if interrupted.is_set():
+                return "interrupted"  # the particles' checkpoint stands; G is not distilled
+            # the same linear learning-rate decay as training, over the distillation
+            scale = 1.0 - (1.0 - cfg.lr_decay) * k / cfg.distil_iterations
+            for group in self.opt_g.param_groups:
+                group["lr"] = cfg.lr_g * scale
+            loss = distil_step(self.G, self.opt_g, self.particles,
+                               self.sample_latent(cfg.batch_size, zgen), pick)
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"distillation loss is {loss} at distillation step {k + 1}")
+            losses.append(loss)
+        self.distilled = True
+        self.save_checkpoint()
+        row = {"iteration": self.iteration, "distil_iterations": cfg.distil_iterations,
+               "seconds": round(time.perf_counter() - t0, 3),
+               "fit_mse": sum(losses[-50:]) / len(losses[-50:]),
+               "generator": self.sample_metrics(use_generator=True),
+               "particles": self.sample_metrics()}
+        write_json_atomic(self.run_dir / "distil.json", row)
+        return "finished"
+
     def _postfix(self) -> dict:
         out = {"t": f"{self.flow_time:.3g}"}
         for key in ("modes", "hq", "mode_kl", "w2"):
@@ -442,9 +581,14 @@ class _Trainer:
         # the generator at every evaluation: `ganflow track` compares each with the PDE
         # solution at the same flow time (a few KB for the MLPs; written before the row,
         # so every logged row has its snapshot)
-        snap = self.run_dir / "snapshots" / f"G-{self.iteration:08d}.safetensors"
+        if self.particles is not None:
+            snap = self.run_dir / "snapshots" / f"P-{self.iteration:08d}.safetensors"
+            tensors = {"particles": self.particles[:_SNAPSHOT_PARTICLES].detach().cpu()
+                       .contiguous()}
+        else:
+            snap = self.run_dir / "snapshots" / f"G-{self.iteration:08d}.safetensors"
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.G.state_dict().items()}
         snap.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.G.state_dict().items()}
         tmp = snap.parent / f".{snap.name}.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, snap)
@@ -463,7 +607,17 @@ class _Trainer:
                  f"on {cfg.device}",
                  f"- method {cfg.method}, divergence {cfg.divergence}, eps {cfg.eps}, "
                  f"K={cfg.fit_steps}, pairing {cfg.pairing}, faithful {cfg.faithful}, "
-                 f"seed {cfg.seed}", ""]
+                 f"seed {cfg.seed}"]
+        if self.particles is not None:
+            lines.append(f"- {self.particles.shape[0]} particles (no generator), started from "
+                         f"{cfg.particle_init or 'N(0, I)'}; metrics on a subsample of "
+                         f"{min(cfg.eval_samples, self.particles.shape[0])}")
+            distil = self.run_dir / "distil.json"
+            if self.distilled and distil.exists():
+                gm = json.loads(distil.read_text())["generator"]
+                lines.append("- distilled generator (set-wise fit, distil.json): " + ", ".join(
+                    f"{k} {_fmt(v)}" for k, v in gm.items()))
+        lines.append("")
         if rows:
             last = rows[-1]
             lines.append("| " + " | ".join(k for k in last) + " |")
@@ -565,67 +719,19 @@ def resume(
 
 
 def sample_run(run_dir: str | Path, n: int, *, seed: int = 0) -> torch.Tensor:
-    """Draw ``n`` samples (n, d) from a run's latest generator (CPU, float32)."""
+    """Draw ``n`` samples (n, d) from a run's latest generator (CPU, float32).
+
+    For a ``particles`` run: from its distilled generator if it has one, else ``n``
+    distinct particles (a seeded random subset; at most N)."""
     if int(n) != n or n < 1:
         raise GanflowError(f"--n must be a positive integer, got {n!r}")
     trainer = _load_run(run_dir, device="cpu")
-    with torch.no_grad():
-        return trainer.G(trainer.sample_latent(int(n), torch.Generator().manual_seed(seed)))
+    return trainer.draw(int(n), torch.Generator().manual_seed(seed),
+                        use_generator=trainer.distilled)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """(Re)draw ``samples/samples.png`` and ``samples/metrics.png`` of a run."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+    """(Re)draw the figures of a run (:func:`ganflow.run_plots.plot_run`)."""
+    from .run_plots import plot_run as _plot
 
-    from .plots import save_figure
-
-    run_dir = Path(run_dir)
-    trainer = _load_run(run_dir, device="cpu")
-    data, cfg = trainer.data, trainer.cfg
-    with torch.no_grad():
-        z = trainer.sample_latent(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 1))
-        fake = trainer.G(z).double().numpy()
-    real = data.sample(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 2)).numpy()
-    written = []
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    title = (f"{cfg.method} on {data.name}: iteration {trainer.iteration}, "
-             f"t = {trainer.flow_time:.3g}")
-    if data.dim == 1:
-        lo = min(fake.min(), real.min())
-        hi = max(fake.max(), real.max())
-        ax.hist(fake[:, 0], bins=80, range=(lo, hi), density=True, alpha=0.6, label="generated")
-        if data.mixture is not None:
-            xs = np.linspace(lo, hi, 800)[:, None]
-            ax.plot(xs[:, 0], data.mixture.prob(xs), "k", label="rho_d")
-        else:
-            ax.hist(real[:, 0], bins=80, range=(lo, hi), density=True, histtype="step",
-                    color="k", label="data")
-        ax.legend()
-    else:
-        if data.dim == 2 and data.mixture is not None:
-            L = data.mixture.extent(4.0)
-            xs = np.linspace(-L, L, 300)
-            gx, gy = np.meshgrid(xs, xs)
-            lp = data.mixture.log_prob(np.stack([gx, gy], -1))
-            ax.contour(gx, gy, lp, levels=np.linspace(lp.max() - 12, lp.max(), 6),
-                       colors="k", linewidths=0.5)
-        else:
-            ax.scatter(real[:, 0], real[:, 1], s=2, c="k", alpha=0.3, label="data")
-        ax.scatter(fake[:, 0], fake[:, 1], s=2, c="tab:red", alpha=0.5, label="generated")
-        ax.set_aspect("equal")
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    written.append(save_figure(fig, run_dir / "samples" / "samples.png"))
-    rows = read_metrics(run_dir)
-    if rows:
-        keys = [k for k in ("hq", "mode_kl", "energy", "w2") if k in rows[0]]
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
-        t = [r["flow_time"] for r in rows]
-        for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
-            ax.plot(t, [r[k] for r in rows], "o-", ms=3)
-            ax.set_xlabel("flow time")
-            ax.set_title(k)
-            ax.grid(alpha=0.3)
-        written.append(save_figure(fig, run_dir / "samples" / "metrics.png"))
-    return written
+    return _plot(run_dir)

@@ -1,0 +1,91 @@
+r"""The figures of a run folder: samples over the data, and metric curves.
+
+``samples/samples.png``: the model's samples (generator, or a subsample of the particles)
+over the target's density contours (2-D mixture), over the data (2-D samples), or as a
+histogram against the density (1-D); ``samples/distilled.png`` the same for a particle
+run's distilled generator; ``samples/metrics.png``: metrics against flow time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Dataset
+
+__all__ = ["plot_run", "sample_figure"]
+
+
+def sample_figure(fake: np.ndarray, real: np.ndarray, data: Dataset, title: str):
+    """A matplotlib figure of samples ``fake`` (n, d) against ``data`` (``real``: (n, d))."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if data.dim == 1:
+        lo = min(fake.min(), real.min())
+        hi = max(fake.max(), real.max())
+        ax.hist(fake[:, 0], bins=80, range=(lo, hi), density=True, alpha=0.6, label="generated")
+        if data.mixture is not None:
+            xs = np.linspace(lo, hi, 800)[:, None]
+            ax.plot(xs[:, 0], data.mixture.prob(xs), "k", label="rho_d")
+        else:
+            ax.hist(real[:, 0], bins=80, range=(lo, hi), density=True, histtype="step",
+                    color="k", label="data")
+        ax.legend()
+    else:
+        if data.dim == 2 and data.mixture is not None:
+            L = data.mixture.extent(4.0)
+            xs = np.linspace(-L, L, 300)
+            gx, gy = np.meshgrid(xs, xs)
+            lp = data.mixture.log_prob(np.stack([gx, gy], -1))
+            ax.contour(gx, gy, lp, levels=np.linspace(lp.max() - 12, lp.max(), 6),
+                       colors="k", linewidths=0.5)
+        else:  # d > 2: the first two coordinates
+            ax.scatter(real[:, 0], real[:, 1], s=2, c="k", alpha=0.3, label="data")
+        ax.scatter(fake[:, 0], fake[:, 1], s=2, c="tab:red", alpha=0.5, label="generated")
+        ax.set_aspect("equal")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """(Re)draw ``samples/samples.png``, ``samples/metrics.png`` (and for a distilled
+    particle run ``samples/distilled.png``) of a run; returns the paths written."""
+    import matplotlib.pyplot as plt
+
+    from .plots import save_figure
+    from .trainer import _load_run, read_metrics
+
+    run_dir = Path(run_dir)
+    trainer = _load_run(run_dir, device="cpu")
+    data, cfg = trainer.data, trainer.cfg
+    n = cfg.eval_samples
+    if trainer.particles is not None:
+        n = min(n, trainer.particles.shape[0])
+    real = data.sample(n, torch.Generator().manual_seed(cfg.seed + 2)).numpy()
+    what = f"{cfg.method} on {data.name}: iteration {trainer.iteration}, t = " \
+           f"{trainer.flow_time:.3g}"
+    figures = [("samples.png", False, what)]
+    if trainer.distilled:
+        figures.append(("distilled.png", True, f"generator distilled from {what}"))
+    written = []
+    for name, use_generator, title in figures:
+        fake = trainer.draw(n, torch.Generator().manual_seed(cfg.seed + 1),
+                            use_generator=use_generator).double().cpu().numpy()
+        fig = sample_figure(fake, real, data, title)
+        written.append(save_figure(fig, run_dir / "samples" / name))
+    rows = read_metrics(run_dir)
+    if rows:
+        keys = [k for k in ("hq", "mode_kl", "energy", "w2") if k in rows[0]]
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
+        t = [r["flow_time"] for r in rows]
+        for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
+            ax.plot(t, [r[k] for r in rows], "o-", ms=3)
+            ax.set_xlabel("flow time")
+            ax.set_title(k)
+            ax.grid(alpha=0.3)
+        written.append(save_figure(fig, run_dir / "samples" / "metrics.png"))
+    return written
