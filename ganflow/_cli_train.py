@@ -83,9 +83,10 @@ def register(app: typer.Typer) -> None:
                                        "squares).")]
         = d.fit_solver,
         particles: Annotated[int, opt("--particles", "particles: how many (N).")] = d.particles,
-        particle_init: Annotated[str, opt("--particle-init", "particles: start law, any "
-                                          "--data spec of the data's dimension (default "
-                                          "N(0, I)).")] = d.particle_init,
+        particle_init: Annotated[str, opt("--particle-init", "particles: start law: "
+                                          "'generator' (the untrained generator's law), or "
+                                          "any --data spec of the data's dimension "
+                                          "(default N(0, I)).")] = d.particle_init,
         distil: Annotated[bool, opt("--distil/--no-distil", "particles: afterwards fit a "
                                     "generator to the particles set-wise (a sampler).")]
         = d.distil,

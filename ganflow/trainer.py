@@ -131,8 +131,9 @@ class TrainConfig:
     step_quantile: float = 0.9
     fit_solver: str = "optimizer"
     # method "particles" only: N particles, their start ("" = N(0, I_d), the latent law in
-    # data space; else any --data spec of the same dimension), and the optional set-wise
-    # distillation of the final particles into a generator
+    # data space; "generator" = the law of the untrained generator of the same seed; else
+    # any --data spec of the same dimension), and the optional set-wise distillation of
+    # the final particles into a generator
     particles: int = 10000
     particle_init: str = ""
     distil: bool = False
@@ -262,6 +263,12 @@ class _Trainer:
         gen = torch.Generator().manual_seed(cfg.seed + 3)
         if not cfg.particle_init:
             return torch.randn(cfg.particles, data.dim, generator=gen)
+        if cfg.particle_init == "generator":
+            # the law of the untrained generator of the same seed: the start of the
+            # generator methods, so particle and generator runs begin identically
+            z = torch.randn(cfg.particles, cfg.latent_dim, generator=gen).to(self.device)
+            with torch.no_grad():
+                return self.G(z).cpu()
         start = load_data(cfg.particle_init)
         if start.dim != data.dim:
             raise GanflowError(

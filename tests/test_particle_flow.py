@@ -173,3 +173,19 @@ def test_learned_d_particles_track_the_pde_better_as_n_grows(tmp_path):
     assert gaps[3000] < 0.75 * gaps[300]
     # within 1.25x its noise floor: on the flow
     assert gaps[3000] < 1.25 * floors[3000]
+
+
+def test_particles_can_start_from_the_untrained_generator(tmp_path):
+    # the same start as the generator methods: particles = G_0(z) for the same seed
+    cfg = TrainConfig(**{**TINY, "particle_init": "generator", "iterations": 10})
+    train(cfg, out=tmp_path / "p", progress=False)
+    from safetensors.torch import load_file
+    start = load_file(str(tmp_path / "p" / "snapshots" / "P-00000000.safetensors"))["particles"]
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    flow = train(TrainConfig(**{**TINY, "method": "flow", "iterations": 1, "eval_every": 1}),
+                 out=tmp_path / "g", progress=False)
+    G0 = _load_run(flow.run_dir, device="cpu").G
+    G0.load_state_dict(load_file(str(tmp_path / "g" / "snapshots" / "G-00000000.safetensors")))
+    with torch.no_grad():
+        expected = G0(torch.randn(cfg.particles, cfg.latent_dim, generator=gen))
+    torch.testing.assert_close(start, expected, rtol=0, atol=0)

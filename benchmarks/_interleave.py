@@ -1,0 +1,125 @@
+r"""Interleaved training runs: DESIGN.md's time-to-quality protocol.
+
+The machines are shared and noisy, so wall times compare only between runs measured
+side by side. :func:`run_interleaved` advances every configuration by ``chunk``
+iterations in turn (round robin, in one process) until all have finished, through the
+public ``train(stop_at=...)`` / ``resume(stop_at=...)`` API; each run's own clock (the
+``seconds`` of its metrics rows) counts only its own iterations and evaluations, so a
+slow neighbour or a checkpoint reload is never charged to it.
+
+:func:`quality_row` reads a run's final metrics and its time to quality;
+:func:`plot_samples_at_times` draws every run's samples at fixed wall times from the
+snapshots the trainer keeps at each evaluation.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ganflow.data import load_data
+from ganflow.trainer import TrainConfig, _load_run, read_metrics, resume, train
+
+BAR = {"hq": 0.8, "mode_kl": 0.05}  # DESIGN.md: all modes, HQ >= 80 %, mode KL <= 0.05
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", name)
+
+
+def run_interleaved(configs: dict[str, TrainConfig], root: Path, chunk: int,
+                    log=print) -> dict[str, dict]:
+    """Train every configuration, ``chunk`` iterations at a time, round robin.
+
+    Returns name -> {"dir": run folder, "status": finished|diverged|error: ...}."""
+    runs = {name: {"dir": Path(root) / _slug(name), "status": None, "it": 0}
+            for name in configs}
+    pending = list(configs)
+    while pending:
+        for name in list(pending):
+            run, cfg = runs[name], configs[name]
+            stop = run["it"] + chunk
+            try:
+                if run["it"] == 0:
+                    res = train(cfg, out=run["dir"], progress=False, stop_at=stop)
+                else:
+                    res = resume(run["dir"], progress=False, stop_at=stop)
+                run["it"], run["status"] = res.iteration, res.status
+            except Exception as exc:  # a diverged run is a result, not a crash
+                run["status"] = f"error: {type(exc).__name__}: {exc}"
+            if run["status"] != "stopped":
+                pending.remove(name)
+                log(f"  {name}: {run['status']} at iteration {run['it']}")
+    return runs
+
+
+def quality_row(run_dir: Path, data: str) -> dict:
+    """Final metrics of a run and the first evaluation meeting the bar (or None)."""
+    rows = read_metrics(run_dir)
+    last = rows[-1] if rows else {}
+    mixture = load_data(data).mixture
+    hit = None
+    if mixture is not None:
+        k = mixture.n_components
+        hit = next((r for r in rows if r.get("modes") == k and r["hq"] >= BAR["hq"]
+                    and r["mode_kl"] <= BAR["mode_kl"]), None)
+    keys = ("iteration", "flow_time", "seconds", "modes", "hq", "mode_kl", "energy", "w2")
+    return {**{k: last.get(k) for k in keys},
+            "time_to_quality_s": hit["seconds"] if hit else None,
+            "iterations_to_quality": hit["iteration"] if hit else None}
+
+
+def _samples_at(run_dir: Path, iteration: int, n: int) -> np.ndarray:
+    snap = run_dir / "snapshots"
+    p = snap / f"P-{iteration:08d}.safetensors"
+    if p.exists():
+        return load_file(str(p))["particles"][:n].double().numpy()
+    trainer = _load_run(run_dir, device="cpu")
+    trainer.G.load_state_dict(load_file(str(snap / f"G-{iteration:08d}.safetensors")))
+    with torch.no_grad():
+        z = trainer.sample_latent(n, torch.Generator().manual_seed(0))
+        return trainer.G(z).double().numpy()
+
+
+def plot_samples_at_times(runs: dict[str, Path], data: str, times: list[float], path: Path,
+                          n: int = 2000) -> Path:
+    """Rows: runs; columns: the last evaluation at or before each wall time (seconds)."""
+    import matplotlib.pyplot as plt
+
+    from ganflow.plots import save_figure
+
+    mixture = load_data(data).mixture
+    fig, axes = plt.subplots(len(runs), len(times), figsize=(2.3 * len(times), 2.3 * len(runs)),
+                             squeeze=False)
+    lim = mixture.extent(4.0) if mixture is not None else 3.0
+    for i, (name, run_dir) in enumerate(runs.items()):
+        rows = read_metrics(run_dir)
+        for j, t in enumerate(times):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            done = [r for r in rows if r["seconds"] <= t]
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+            if i == 0:
+                ax.set_title(f"{t:g} s", fontsize=8)
+            if not done:
+                continue
+            r = done[-1]
+            x = _samples_at(run_dir, r["iteration"], n)
+            if mixture is not None and mixture.dim == 2:
+                c = mixture.means.numpy()
+                ax.scatter(c[:, 0], c[:, 1], s=12, c="k", marker="+", linewidths=0.6)
+            if x.shape[1] == 1:
+                ax.hist(x[:, 0], bins=60, range=(-lim, lim), density=True)
+            else:
+                ax.scatter(x[:, 0], x[:, 1], s=0.3, c="tab:red", alpha=0.5, linewidths=0)
+                ax.set_xlim(-lim, lim)
+                ax.set_ylim(-lim, lim)
+            ax.text(0.02, 0.02, f"it {r['iteration']}", transform=ax.transAxes, fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path)
