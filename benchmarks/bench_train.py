@@ -5,12 +5,15 @@ Overhead: one ``flow`` iteration (K = 1, index pairing) through
 iteration (one D step, one G step) with the same networks and batch, timed in
 interleaved rounds in one process; the ratio of medians is reported.
 
-Quality: for each data set, seed and method of the grid, a full ``ganflow.trainer``
-run; final modes, HQ %, mode-weight KL, energy distance, W2, and the wall time until
-all modes are captured with HQ >= 80 % and mode-weight KL <= 0.05 (first evaluation
-that meets it; evaluations every ``--eval-every`` iterations, so this is an upper bound).
-The runs go one after another, NOT interleaved as DESIGN.md's time-to-quality protocol
-asks: compare those wall times only between rows measured on an otherwise idle machine.
+Quality (issue 4, benchmark 1: time-to-quality): for each data set and seed, every
+method of the grid is trained INTERLEAVED (``--chunk`` iterations each in turn, one
+process; benchmarks/_interleave.py), so the wall times of one (data, seed) block were
+measured under the same machine load. Reported: final modes, HQ %, mode-weight KL,
+energy distance, W2, and each run's own wall time until all modes are captured with
+HQ >= 80 % and mode-weight KL <= 0.05 (first evaluation that meets it; evaluations every
+``--eval-every`` iterations, so an upper bound), or "not reached"; plus, per data set,
+a figure of every method's samples at fixed wall times (first seed), in
+``benchmarks/results/ttq-<data>.png``.
 
     python benchmarks/bench_train.py --overhead-only
     python benchmarks/bench_train.py --data ring8 --seeds 0 1 2 --iterations 10000 \
@@ -28,11 +31,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import RESULTS, environment
+from _interleave import plot_samples_at_times, quality_row, run_interleaved
 
 from ganflow.algorithm import StepConfig, algorithm_step
 from ganflow.data import load_data
 from ganflow.networks import make_discriminator, make_generator
-from ganflow.trainer import TrainConfig, read_metrics, train
+from ganflow.trainer import TrainConfig
 
 # name -> TrainConfig overrides (on top of the defaults of `ganflow train`)
 METHODS: dict[str, dict] = {
@@ -100,29 +105,25 @@ def quality(datasets, seeds, methods, iterations: int, eval_every: int) -> list[
     rows = []
     for data in datasets:
         for seed in seeds:
-            for name in methods:
-                cfg = TrainConfig(data=data, seed=seed, iterations=iterations,
-                                  eval_every=eval_every, **METHODS[name])
-                with tempfile.TemporaryDirectory() as tmp:
-                    t = time.perf_counter()
-                    try:
-                        res = train(cfg, out=Path(tmp) / "run", progress=False)
-                        status = res.status
-                    except Exception as exc:  # a diverged run is a result, not a crash
-                        status = f"error: {exc}"
-                    wall = time.perf_counter() - t
-                    metrics = read_metrics(Path(tmp) / "run")
-                k = load_data(data).mixture.n_components
-                hit = next((r for r in metrics if r.get("modes") == k and r["hq"] >= 0.8
-                            and r["mode_kl"] <= 0.05), None)
-                last = metrics[-1] if metrics else {}
-                row = {"data": data, "seed": seed, "method": name, "status": status,
-                       "wall_s": round(wall, 1), "iteration": last.get("iteration"),
-                       "flow_time": last.get("flow_time"),
-                       **{k2: last.get(k2) for k2 in ("modes", "hq", "mode_kl", "energy", "w2")},
-                       "time_to_quality_s": hit["seconds"] if hit else None}
-                rows.append(row)
-                print(_fmt_row(row), flush=True)
+            cfgs = {name: TrainConfig(data=data, seed=seed, iterations=iterations,
+                                      eval_every=eval_every, **METHODS[name])
+                    for name in methods}
+            with tempfile.TemporaryDirectory() as tmp:
+                runs = run_interleaved(cfgs, Path(tmp), eval_every, log=lambda m: None)
+                block = []
+                for name, run in runs.items():
+                    row = {"data": data, "seed": seed, "method": name,
+                           "status": run["status"], **quality_row(run["dir"], data)}
+                    block.append(row)
+                    print(_fmt_row(row), flush=True)
+                if seed == seeds[0]:
+                    done = [r["seconds"] for r in block if r["seconds"]]
+                    end = min(done) if done else 60.0
+                    times = [round(end * f, 1) for f in (0.05, 0.15, 0.4, 1.0)]
+                    RESULTS.mkdir(exist_ok=True)
+                    plot_samples_at_times({n: r["dir"] for n, r in runs.items()}, data, times,
+                                          RESULTS / f"ttq-{data}.png")
+            rows += block
     return rows
 
 
@@ -133,7 +134,7 @@ def _fmt_row(r: dict) -> str:
     return (f"{r['data']:>7} {r['seed']:>4} {r['method']:>22} {f(r['modes'], 'd'):>5} "
             f"{f(r['hq'] and 100 * r['hq'], '.1f'):>6} {f(r['mode_kl'], '.3f'):>7} "
             f"{f(r['energy'], '.4f'):>8} {f(r['w2'], '.3f'):>6} "
-            f"{f(r['time_to_quality_s'], '.1f'):>8} {r['wall_s']:>7.1f}  {r['status']}")
+            f"{f(r['time_to_quality_s'], '.1f'):>8} {f(r['seconds'], '.1f'):>7}  {r['status']}")
 
 
 def main() -> None:
@@ -149,7 +150,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out: dict = {"torch": torch.__version__, "threads": args.threads}
+    out: dict = {"env": environment(), "threads": args.threads}
     if not args.no_overhead:
         out["overhead"] = ov = overhead()
         print(f"overhead: hand-written GAN {ov['hand_ms']:.3f} ms/it, flow K=1 "
