@@ -27,8 +27,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def train(
         data: Annotated[str, opt("--data", "ring8, grid25, swissroll, moons, checkerboard, "
-                                 "circles, bimodal, normal:MEAN:STD, a mixture .json, or a "
-                                 ".npy/.csv table of shape (n, d).")] = d.data,
+                                 "circles, bimodal, normal:MEAN:STD, a mixture .json, a "
+                                 ".npy/.csv table of shape (n, d); images: digits, mnist, "
+                                 "mnist:PATH (.npz/.npy/PNG folder).")] = d.data,
         method: Annotated[str, opt("--method", "flow (Algorithm 1), gan (saturating "
                                    "ln(1-D)), gan-ns (non-saturating -ln D), particles (no "
                                    "generator: N particles moved by D's drift).")] = d.method,
@@ -49,16 +50,20 @@ def register(app: typer.Typer) -> None:
         beta1: Annotated[float, opt("--beta1", "Adam's beta1.")] = d.beta1,
         lr_decay: Annotated[float, opt("--lr-decay", "final / initial learning rate "
                                        "(linear decay over the run).")] = d.lr_decay,
-        width: Annotated[int, opt("--width", "hidden units per layer.")] = d.width,
-        depth: Annotated[int, opt("--depth", "hidden layers.")] = d.depth,
-        latent_dim: Annotated[int, opt("--latent-dim", "dimension of z ~ N(0, I).")]
-        = d.latent_dim,
+        width: Annotated[int | None, opt("--width", "hidden units per layer (default 128), "
+                                         "or conv channels for image data (default 32).")]
+        = d.width,
+        depth: Annotated[int, opt("--depth", "hidden layers (MLPs; not image data).")] = d.depth,
+        latent_dim: Annotated[int | None, opt("--latent-dim", "dimension of z ~ N(0, I) "
+                                              "(default 2 for d <= 2, 16 for images, else "
+                                              "d).")] = d.latent_dim,
         activation: Annotated[str, opt("--activation", "relu, leaky_relu, elu, silu, "
                                        "tanh.")] = d.activation,
         seed: Annotated[int, opt("--seed", "seed of initialisation and batches.")] = d.seed,
         device: Annotated[str, opt("--device", "cpu, cuda, cuda:1, ...")] = d.device,
-        iterations: Annotated[int | None, opt("--iterations", "iterations in all (with "
-                                              "--resume: continue up to this).")] = None,
+        iterations: Annotated[int | None, opt("--iterations", "iterations in all (default "
+                                              "10000, 3000 for images; with --resume: "
+                                              "continue up to this).")] = None,
         eval_every: Annotated[int, opt("--eval-every", "evaluate and checkpoint every N "
                                        "iterations.")] = d.eval_every,
         faithful: Annotated[bool, opt("--faithful/--no-faithful", "faithful ODE simulation: "
@@ -123,7 +128,7 @@ def register(app: typer.Typer) -> None:
                     batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, optimizer=optimizer,
                     beta1=beta1, lr_decay=lr_decay, width=width, depth=depth,
                     latent_dim=latent_dim, activation=activation, seed=seed, device=device,
-                    iterations=iterations if iterations is not None else d.iterations,
+                    iterations=iterations,
                     eval_every=eval_every, faithful=faithful, cfl=cfl, calib_tol=calib_tol,
                     calib_max_steps=calib_max_steps, fit_tol=fit_tol,
                     fit_max_steps=fit_max_steps, step_quantile=step_quantile,
@@ -137,7 +142,8 @@ def register(app: typer.Typer) -> None:
             _fail(f"{exc}; the last good checkpoint is kept in its run folder", 1)
         m = result.metrics
         shown = ", ".join(f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}"
-                          for k in ("modes", "hq", "mode_kl", "energy", "w2") if k in m)
+                          for k in ("modes", "hq", "mode_kl", "frechet_distance", "class_coverage",
+                                    "energy", "w2") if k in m)
         typer.echo(f"{result.status} at iteration {result.iteration} (flow time "
                    f"{result.flow_time:.4g}, {result.seconds:.1f} s): {shown}")
         typer.echo(f"run folder: {result.run_dir}")

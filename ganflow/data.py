@@ -9,6 +9,9 @@ anything that can draw ``n`` points of shape (n, d) reproducibly from a
   density in :attr:`Dataset.mixture`, which the mode metrics of DESIGN.md need.
 * Sample-only 2-D benchmarks: ``swissroll``, ``moons``, ``checkerboard``, ``circles``.
 * A user table: a ``.npy`` or ``.csv`` file of shape (n, d), sampled with replacement.
+* Images (:mod:`ganflow.images`): ``digits``, ``mnist``, ``mnist:PATH``, a ``.npz`` /
+  ``.pkl.gz`` file or a folder of PNGs. Samples are flattened images (n, C*H*W) in
+  [-1, 1]; :attr:`Dataset.image_shape` is (C, H, W).
 
 Every data set has a :attr:`Dataset.length_scale`: the width of its finest feature,
 used by the faithful trainer's CFL-like step control (targets move at most a fraction
@@ -47,6 +50,8 @@ class Dataset:
         length_scale: width of the finest feature (mixture: smallest std; table: median
             nearest-neighbour distance), in data units.
         mixture: the exact density when known (a Gaussian mixture), else ``None``.
+        image_shape: (C, H, W) when a sample is a flattened image (then d = C*H*W and
+            values lie in [-1, 1]), else ``None``.
     """
 
     name: str
@@ -54,6 +59,7 @@ class Dataset:
     length_scale: float
     sampler: Sampler = field(repr=False)
     mixture: GaussianMixture | None = None
+    image_shape: tuple[int, int, int] | None = None
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` samples as a float32 CPU tensor of shape (n, d).
@@ -120,7 +126,9 @@ _SAMPLE_ONLY: dict[str, tuple[Sampler, float]] = {
 
 def data_names() -> list[str]:
     """Named data sets accepted by :func:`load_data` (besides mixture specs and files)."""
-    return sorted(set(named_targets()) | set(_SAMPLE_ONLY))
+    from .images import IMAGE_DATA  # lazy: ganflow.images imports this module
+
+    return sorted(set(named_targets()) | set(_SAMPLE_ONLY) | set(IMAGE_DATA))
 
 
 # ------------------------------------------------------------------ user tables
@@ -197,7 +205,9 @@ def load_data(spec: str | Path | GaussianMixture | Dataset) -> Dataset:
 
     ``spec`` is a :class:`Dataset` (returned as is), a :class:`GaussianMixture`, a named
     data set (:func:`data_names`), ``normal:MEAN:STD``, or a file path: ``.json`` (a
-    mixture), ``.npy`` / ``.csv`` (a table of shape (n, d)).
+    mixture), ``.npy`` / ``.csv`` (a table of shape (n, d)); or image data
+    (:mod:`ganflow.images`): ``digits``, ``mnist``, ``mnist:PATH``, a ``.npz`` / ``.pkl.gz``
+    file or a folder of PNG images.
     """
     if isinstance(spec, Dataset):
         return spec
@@ -207,6 +217,10 @@ def load_data(spec: str | Path | GaussianMixture | Dataset) -> Dataset:
     if text in _SAMPLE_ONLY:
         sampler, scale = _SAMPLE_ONLY[text]
         return Dataset(text, 2, scale, sampler)
+    from .images import is_image_spec, load_images  # lazy: ganflow.images imports this module
+
+    if is_image_spec(text) and text not in named_targets():  # a folder named 'ring8' stays ring8
+        return load_images(text)
     suffix = Path(text).suffix.lower()
     if suffix in (".npy", ".csv"):
         return _table_dataset(Path(text))
@@ -216,8 +230,9 @@ def load_data(spec: str | Path | GaussianMixture | Dataset) -> Dataset:
         if text in named_targets() or text.startswith("normal:") or suffix == ".json":
             raise
         raise GanflowError(
-            f"unknown data {text!r}: expected one of {data_names()}, 'normal:MEAN:STD', or a "
-            f".json (mixture), .npy or .csv (table of shape (n, d)) file"
+            f"unknown data {text!r}: expected one of {data_names()}, 'normal:MEAN:STD', "
+            f"'mnist:PATH', a .json (mixture), .npy or .csv (table of shape (n, d)) file, a "
+            f".npz file of images or a folder of PNG images"
         ) from exc
     return _mixture_dataset(mixture)
 

@@ -66,7 +66,11 @@ def evaluate_samples(
     ``hq``, ``mode_kl`` (DESIGN.md) and ``jsd`` / ``l1`` between the samples' KDE and the
     exact density: on a grid (``jsd_method = "grid"``, midpoint rule, 2 cells per finest
     std/bandwidth) in 1-D, and in 2-D when that needs at most ``max_grid_cells`` per axis;
-    otherwise (and for d > 2) by Monte Carlo, JSD only, with ``jsd_se``.
+    otherwise (and for d > 2) by Monte Carlo, JSD only, with ``jsd_se``. For image data
+    (``Dataset.image_shape``; samples are flat images in [-1, 1]) no KDE, but the metrics
+    of :func:`ganflow.features.image_metrics` (``frechet_distance``, ``kernel_distance``,
+    ``precision``, ``recall`` with floors, ``class_coverage`` over all the samples,
+    ``class_kl``, ``classifier_accuracy``).
     """
     ds = load_data(data)
     x = _as_samples(samples, ds.dim)
@@ -92,6 +96,14 @@ def evaluate_samples(
     out["w2_floor"] = w2(ref2[:k], ref[:k])
     out["sliced_w"] = sliced_wasserstein(x, ref, seed=seed)
     out["sliced_w_floor"] = sliced_wasserstein(ref2, ref, seed=seed)
+    if ds.image_shape is not None:
+        # images: a KDE in C*H*W dimensions says nothing; the classifier's feature space
+        # does (Frechet and kernel distance, coverage, precision/recall: features.py)
+        from .features import image_metrics
+
+        out.update({k: v for k, v in image_metrics(x, ds, seed=seed).items()
+                    if k != "seed"})
+        return _finite(out)
     kde, kde_ref = KDEDensity(x, "cv"), KDEDensity(ref2, "cv")
     out["kde_bandwidth"] = kde.bandwidth
     out["kde_loglik"] = kde_log_likelihood(x, ref, kde.bandwidth)
@@ -113,6 +125,10 @@ def evaluate_samples(
             out.update(jsd=est, jsd_se=se, jsd_method="monte-carlo", mc_samples=mc_samples)
             floor, _ = jsd_monte_carlo(kde_ref, ds.mixture, n=mc_samples, seed=seed)
             out["jsd_floor"] = floor
+    return _finite(out)
+
+
+def _finite(out: dict) -> dict:
     return {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()
     }
@@ -143,5 +159,15 @@ def format_evaluation(res: dict) -> str:
         row(f"MMD^2 (bw {b})", v, res["mmd_floor"][b])
     row("W2 (exact)", res["w2"], res["w2_floor"])
     row("sliced W2", res["sliced_w"], res["sliced_w_floor"])
-    row("KDE log-lik (nats)", res["kde_loglik"], res["kde_loglik_floor"])
+    if "kde_loglik" in res:
+        row("KDE log-lik (nats)", res["kde_loglik"], res["kde_loglik_floor"])
+    if "frechet_distance" in res:
+        lines.append(f"image metrics in the features of ganflow's classifier (held-out "
+                     f"accuracy {100 * res['classifier_accuracy']:.1f} %), {res['n_fake']} "
+                     f"generated vs {res['n_real']} real images:")
+        for key in ("frechet_distance", "kernel_distance", "precision", "recall"):
+            row(key, res[key], res[f"{key}_floor"])
+        lines.append(f"class coverage over all {res['n_coverage']} samples:")
+        row(f"classes found (/{res['n_classes']})", res["class_coverage"])
+        row("class histogram KL", res["class_kl"])
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 r"""The figures of a run folder: samples over the data, and metric curves.
 
 ``samples/samples.png``: the model's samples (generator, or a subsample of the particles)
-over the target's density contours (2-D mixture), over the data (2-D samples), or as a
-histogram against the density (1-D); ``samples/distilled.png`` the same for a particle
-run's distilled generator; ``samples/metrics.png``: metrics against flow time.
+over the target's density contours (2-D mixture), over the data (2-D samples), as a
+histogram against the density (1-D), or for images a grid of 64 generated images above
+64 real ones; ``samples/distilled.png`` the same for a particle run's distilled
+generator; ``samples/metrics.png``: metrics against flow time. Image runs also leave
+``samples/grid-<iteration>.png`` at every evaluation (written by the trainer).
 """
 
 from __future__ import annotations
@@ -15,7 +17,35 @@ import torch
 
 from .data import Dataset
 
-__all__ = ["plot_run", "sample_figure"]
+__all__ = ["plot_run", "sample_figure", "save_image_grid"]
+
+
+def save_image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], path: Path,
+                    *, columns: int = 8, scale: int = 4) -> Path:
+    """Write flat images (n, C*H*W) in [-1, 1] as one PNG grid (atomically); each pixel
+    becomes ``scale`` x ``scale`` pixels so that 8 x 8 digits are visible."""
+    import io
+
+    from PIL import Image
+
+    from ._io import write_bytes_atomic
+
+    c, h, w = image_shape
+    x = images.detach().float().reshape(-1, c, h, w).clamp(-1, 1)
+    n = x.shape[0]
+    rows = -(-n // columns)
+    canvas = torch.ones(c, rows * (h + 1) + 1, columns * (w + 1) + 1)  # white 1-px gutters
+    for i in range(n):
+        r, q = divmod(i, columns)
+        canvas[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
+    pixels = ((canvas + 1) * 127.5).round().to(torch.uint8)
+    pixels = pixels.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    arr = pixels[0].numpy() if c == 1 else pixels.permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def sample_figure(fake: np.ndarray, real: np.ndarray, data: Dataset, title: str):
@@ -73,13 +103,21 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         figures.append(("distilled.png", True, f"generator distilled from {what}"))
     written = []
     for name, use_generator, title in figures:
+        if data.image_shape is not None:  # generated images above real ones
+            fake = trainer.draw(min(n, 64), torch.Generator().manual_seed(cfg.seed + 1),
+                                use_generator=use_generator).cpu()
+            gap = torch.ones(8, fake.shape[1])  # a white row between generated and real
+            both = torch.cat([fake, gap, torch.from_numpy(real[:len(fake)]).float()])
+            written.append(save_image_grid(both, data.image_shape, run_dir / "samples" / name))
+            continue
         fake = trainer.draw(n, torch.Generator().manual_seed(cfg.seed + 1),
                             use_generator=use_generator).double().cpu().numpy()
         fig = sample_figure(fake, real, data, title)
         written.append(save_figure(fig, run_dir / "samples" / name))
     rows = read_metrics(run_dir)
     if rows:
-        keys = [k for k in ("hq", "mode_kl", "energy", "w2") if k in rows[0]]
+        keys = [k for k in ("hq", "mode_kl", "frechet_distance", "class_coverage", "energy",
+                            "w2") if k in rows[0]]
         fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
         t = [r["flow_time"] for r in rows]
         for ax, k in zip(np.atleast_1d(axes), keys, strict=True):

@@ -50,7 +50,13 @@ from .algorithm import FIT_SOLVERS, METHODS, PAIRINGS, StepConfig, StepInfo, alg
 from .data import Dataset, load_data
 from .divergences import get_divergence
 from .metrics import energy_distance, mode_metrics, w2
-from .networks import ACTIVATIONS, make_discriminator, make_generator
+from .networks import (
+    ACTIVATIONS,
+    make_conv_discriminator,
+    make_conv_generator,
+    make_discriminator,
+    make_generator,
+)
 from .particle_flow import distil_step, particle_step
 
 __all__ = [
@@ -108,13 +114,17 @@ class TrainConfig:
     # 0.02 wide, and only a decaying step lets Adam's jitter fall below that
     lr_decay: float = 0.01
     lr_decay_iters: int = 0  # 0: the run's --iterations when the run is created
-    width: int = 128
+    # None = chosen by the data when the run is created (stored resolved in config.json):
+    # width 128 (MLP) or 32 (conv channels, image data); latent dimension 2 for d <= 2,
+    # 16 for images, else d; 10 000 iterations, or 3000 for images (a digits run then
+    # takes minutes on 2 cores)
+    width: int | None = None
     depth: int = 3
-    latent_dim: int = 2
+    latent_dim: int | None = None
     activation: str = "relu"
     seed: int = 0
     device: str = "cpu"
-    iterations: int = 10000
+    iterations: int | None = None
     eval_every: int = 1000
     eval_samples: int = 2500
     w2_samples: int = 1000
@@ -170,8 +180,12 @@ class TrainConfig:
             raise GanflowError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not (0 <= self.beta1 < 1):
             raise GanflowError(f"beta1 must be in [0, 1), got {self.beta1!r}")
-        for name in ("fit_steps", "d_steps", "batch_size", "width", "latent_dim",
-                     "iterations", "eval_every", "eval_samples", "w2_samples",
+        for name in ("width", "latent_dim", "iterations"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise GanflowError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("fit_steps", "d_steps", "batch_size", "eval_every", "eval_samples",
+                     "w2_samples",
                      "calib_max_steps", "fit_max_steps", "particles", "distil_iterations"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -190,6 +204,19 @@ class TrainConfig:
                 f"--distil fits a generator to particles: it needs --method particles, "
                 f"not {self.method!r}")
         _parse_device(self.device)
+
+    def resolved(self, data: Dataset) -> TrainConfig:
+        """This config with the data-dependent defaults (``None`` fields) filled in."""
+        image = data.image_shape is not None
+        auto = {
+            "width": 32 if image else 128,
+            "latent_dim": 16 if image else (2 if data.dim <= 2 else data.dim),
+            "iterations": 3000 if image else 10000,
+        }
+        fill = {k: v for k, v in auto.items() if getattr(self, k) is None}
+        if self.lr_decay_iters == 0:
+            fill["lr_decay_iters"] = fill.get("iterations", self.iterations)
+        return TrainConfig.from_dict({**asdict(self), **fill}) if fill else self
 
     def step_config(self, length_scale: float) -> StepConfig:
         keys = {f.name for f in fields(StepConfig)} - {"length_scale", "method"}
@@ -234,14 +261,21 @@ class TrainResult:
 # ------------------------------------------------------------------------ the trainer
 class _Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, data: Dataset) -> None:
+        cfg = cfg.resolved(data)
         self.cfg, self.run_dir, self.data = cfg, run_dir, data
         self.device = _parse_device(cfg.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            G = make_generator(cfg.latent_dim, data.dim, width=cfg.width, depth=cfg.depth,
-                               activation=cfg.activation)
-            D = make_discriminator(data.dim, width=cfg.width, depth=cfg.depth,
+            if data.image_shape is not None:
+                # images (issue 5): small DCGAN-style conv nets on flat (n, C*H*W) vectors;
+                # depth and activation are the MLP's and do not apply
+                G = make_conv_generator(cfg.latent_dim, data.image_shape, width=cfg.width)
+                D = make_conv_discriminator(data.image_shape, width=cfg.width)
+            else:
+                G = make_generator(cfg.latent_dim, data.dim, width=cfg.width, depth=cfg.depth,
                                    activation=cfg.activation)
+                D = make_discriminator(data.dim, width=cfg.width, depth=cfg.depth,
+                                       activation=cfg.activation)
         self.G, self.D = G.to(self.device), D.to(self.device)
         self.opt_g = self._optimizer(self.G, cfg.lr_g)
         self.opt_d = self._optimizer(self.D, cfg.lr_d)
@@ -338,10 +372,21 @@ class _Trainer:
                 f"generated samples are NaN/Inf at iteration {self.iteration}")
         if self.data.mixture is not None:
             out.update(mode_metrics(fake, self.data.mixture))
+        if self.data.image_shape is not None:
+            out.update(self._image_metrics(fake))
         out["energy"] = energy_distance(fake, held.double())
         k = min(cfg.w2_samples, n)
         out["w2"] = w2(fake[:k], held[:k].double())
         return out
+
+    def _image_metrics(self, fake: torch.Tensor) -> dict:
+        # Frechet distance and class coverage in the feature space of ganflow's own
+        # classifier (trained once per data set and cached: ganflow.features)
+        from .features import image_metrics
+
+        res = image_metrics(fake.float(), self.data, seed=self.cfg.seed)
+        return {k: res[k] for k in ("frechet_distance", "frechet_distance_floor",
+                                    "class_coverage", "class_kl")}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -578,7 +623,7 @@ class _Trainer:
 
     def _postfix(self) -> dict:
         out = {"t": f"{self.flow_time:.3g}"}
-        for key in ("modes", "hq", "mode_kl", "w2"):
+        for key in ("modes", "hq", "mode_kl", "frechet_distance", "class_coverage", "w2"):
             if key in self.last_metrics:
                 v = self.last_metrics[key]
                 out[key] = v if isinstance(v, int) else f"{v:.3g}"
@@ -599,6 +644,14 @@ class _Trainer:
         tmp = snap.parent / f".{snap.name}.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, snap)
+        if self.data.image_shape is not None:
+            # a sample grid at every evaluation: how the images form over training
+            from .run_plots import save_image_grid
+
+            grid = self.draw(min(64, self.cfg.eval_samples),
+                             torch.Generator().manual_seed(self.cfg.seed + 1))
+            save_image_grid(grid.cpu(), self.data.image_shape,
+                            self.run_dir / "samples" / f"grid-{self.iteration:08d}.png")
         self.last_metrics = row
         with open(path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -684,11 +737,9 @@ def train(
             f"output folder {str(run_dir)!r} exists and is not empty; choose a new --out, or "
             f"continue it with --resume {run_dir}"
         )
-    if cfg.lr_decay_iters == 0:
-        cfg = TrainConfig.from_dict({**asdict(cfg), "lr_decay_iters": cfg.iterations})
     trainer = _Trainer(cfg, run_dir, data)  # builds everything before writing anything
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", asdict(cfg))
+    write_json_atomic(run_dir / "config.json", asdict(trainer.cfg))
     return trainer.run(progress=progress, stop_at=stop_at)
 
 

@@ -187,5 +187,5 @@ def test_particles_can_start_from_the_untrained_generator(tmp_path):
     G0 = _load_run(flow.run_dir, device="cpu").G
     G0.load_state_dict(load_file(str(tmp_path / "g" / "snapshots" / "G-00000000.safetensors")))
     with torch.no_grad():
-        expected = G0(torch.randn(cfg.particles, cfg.latent_dim, generator=gen))
+        expected = G0(torch.randn(cfg.particles, 2, generator=gen))  # latent 2 for 2-D data
     torch.testing.assert_close(start, expected, rtol=0, atol=0)

@@ -1,0 +1,525 @@
+r"""Image metrics with a feature network of our own (issue 5).
+
+The Inception network of FID cannot be downloaded here, and it was never meant for 8x8
+digits, so the features are the penultimate activations of a small CNN classifier that
+:func:`feature_net` trains on the labelled images of the data set itself (80 % of them,
+by a fixed seeded permutation; its accuracy on the other 20 % is reported). On top of
+these features:
+
+* :func:`frechet_distance`: FID's formula (Heusel et al. 2017), the 2-Wasserstein
+  distance between Gaussians fitted to the two feature sets:
+  :math:`|\mu_a-\mu_b|^2 + \operatorname{tr}(S_a + S_b - 2 (S_a^{1/2} S_b S_a^{1/2})^{1/2})`.
+* :func:`kernel_distance`: KID (Binkowski et al. 2018), the unbiased estimator of
+  MMD^2 with the kernel :math:`k(x, y) = (x \cdot y / d + 1)^3`, averaged over subsets.
+* :func:`precision_recall`: the k-nearest-neighbour manifold estimate of Kynkaanniemi
+  et al. (2019).
+* :func:`class_coverage`: how many classes the classifier finds among generated images,
+  and the KL divergence of their class histogram to the uniform one (mode dropping).
+* :func:`image_metrics`: all of the above in one JSON-ready dict, with noise floors.
+
+Cache: the trained classifier is stored as ``<key>.safetensors`` (weights) and
+``<key>.json`` (held-out accuracy, data name, seed, hash of the data arrays, ganflow
+version, architecture) in :func:`cache_dir`: ``$GANFLOW_CACHE`` if set, else
+``$XDG_CACHE_HOME/ganflow``, else ``~/.cache/ganflow``. The key holds the data name, a
+hash of the images and labels, the seed and the classifier version, so a changed data set
+or recipe trains a new classifier. Both files are written atomically; the folder is safe
+to delete at any time (the classifier is retrained, deterministically, on next use), and
+an unreadable or inconsistent cache entry is retrained and overwritten, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._errors import GanflowError
+from ._io import write_bytes_atomic, write_json_atomic
+from .data import Dataset
+from .images import LabelledImages, labelled_images
+
+__all__ = [
+    "Classifier",
+    "FeatureNet",
+    "Coverage",
+    "cache_dir",
+    "train_classifier",
+    "feature_net",
+    "frechet_distance",
+    "kernel_distance",
+    "class_coverage",
+    "precision_recall",
+    "image_metrics",
+    "CLASSIFIER_VERSION",
+]
+
+log = logging.getLogger(__name__)
+
+# Bump when the architecture or the training recipe changes: old cache entries then miss.
+CLASSIFIER_VERSION = 2
+FEATURE_DIM = 128
+HELD_OUT_FRACTION = 0.2
+# A class counts as found when it gets at least this fraction of its uniform share
+# (1/K) of the argmax predictions: with 10 classes and 1000 images, at least 10 images.
+MIN_CLASS_SHARE = 0.1
+
+
+# ------------------------------------------------------------------ classifier
+class Classifier(nn.Module):
+    r"""Small CNN: three [3x3 conv, ReLU] blocks (32, 64, 64 channels), each followed by a
+    2x2 max-pool while the map is at least 6 pixels wide, a dense layer of
+    :data:`FEATURE_DIM` ReLU units (the features) and a linear layer to the class logits.
+    Input (N, C, H, W) or flat (N, C*H*W)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], n_classes: int) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape, self.n_classes = (int(c), int(h), int(w)), int(n_classes)
+        layers: list[nn.Module] = []
+        ch, channels = c, (32, 64, 64)
+        for out in channels:
+            layers += [nn.Conv2d(ch, out, 3, padding=1), nn.ReLU()]
+            ch = out
+            if min(h, w) >= 6:  # 8 -> 4; 28 -> 14 -> 7 -> 3
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+        self.conv = nn.Sequential(*layers)
+        # Dropout before the dense layer: measured on digits (5 seeds), the held-out
+        # accuracy's minimum rose from 96.4 % to 97.8 %.
+        self.feature = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(ch * h * w, FEATURE_DIM), nn.ReLU()
+        )
+        self.head = nn.Linear(FEATURE_DIM, n_classes)
+        # RMS of the training features, set after training: features() divides by it so
+        # that they are O(1) (the KID kernel (x.y/k + 1)^3 assumes that scale).
+        self.register_buffer("feature_scale", torch.ones(()))
+
+    def _raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature(self.conv(x.reshape(len(x), *self.image_shape)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._raw_features(x) / self.feature_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._raw_features(x))
+
+
+@dataclass
+class FeatureNet:
+    r"""A trained :class:`Classifier` and where it came from.
+
+    Attributes: ``model`` (in eval mode, CPU), ``accuracy`` (held-out), ``data_name``,
+    ``data_hash``, ``seed``, ``train_seconds`` (0 when loaded), ``from_cache``."""
+
+    model: Classifier
+    accuracy: float
+    data_name: str
+    data_hash: str
+    seed: int
+    train_seconds: float = 0.0
+    from_cache: bool = False
+
+    @torch.no_grad()
+    def _apply(self, images, fn, batch: int) -> np.ndarray:
+        x = _as_tensor(images, self.model.image_shape)
+        out = [fn(x[i:i + batch]).double() for i in range(0, len(x), batch)]
+        if not out:
+            return np.zeros((0, 0))
+        return torch.cat(out).numpy()
+
+    def features(self, images, batch: int = 1024) -> np.ndarray:
+        """Penultimate activations, float64 (n, FEATURE_DIM), of images (n, C*H*W) or
+        (n, C, H, W) in [-1, 1]."""
+        return self._apply(images, self.model.features, batch)
+
+    def logits(self, images, batch: int = 1024) -> np.ndarray:
+        """Class logits, float64 (n, n_classes)."""
+        return self._apply(images, self.model, batch)
+
+
+def _as_tensor(images, image_shape) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        x = images.detach().to("cpu", torch.float32)
+    else:
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    d = math.prod(image_shape)
+    if x.ndim < 2 or math.prod(x.shape[1:]) != d or (x.ndim > 2 and tuple(x.shape[1:]) != tuple(
+            image_shape)):
+        raise GanflowError(
+            f"images must have shape (n, {d}) or (n, {', '.join(map(str, image_shape))}), "
+            f"got {tuple(x.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        raise GanflowError(
+            f"images contain {int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum())} "
+            f"rows with NaN or Inf; expected finite pixel values"
+        )
+    return x.reshape(len(x), *image_shape)
+
+
+def _split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(HELD_OUT_FRACTION * n)))
+    return perm[n_test:], perm[:n_test]
+
+
+def _epochs(n_train: int) -> int:
+    # About 2000 optimiser steps of batch 64, between 3 and 30 epochs: digits (1438
+    # training images) gets 30 epochs (~700 steps, a few seconds), MNIST 3 epochs.
+    return int(min(30, max(3, math.ceil(2000 * 64 / max(n_train, 1)))))
+
+
+def train_classifier(
+    images: np.ndarray, labels: np.ndarray, *, seed: int = 0, name: str = "images",
+    epochs: int | None = None,
+) -> FeatureNet:
+    r"""Train :class:`Classifier` on 80 % of ``images`` (n, C, H, W) in [-1, 1] with integer
+    ``labels`` (n,), and measure accuracy on the held-out 20 %.
+
+    Deterministic: CPU, one seeded permutation for the split, the initial weights and the
+    dropout masks drawn under ``torch.manual_seed(seed)`` (inside
+    :func:`torch.random.fork_rng`, so the caller's global RNG is untouched) and the batch
+    order from a seeded ``torch.Generator`` (bitwise identical for the same torch build and
+    thread count).
+    Adam, batch 64, learning rate 2e-3 with a cosine decay to 0 over a fixed number of
+    epochs (:func:`_epochs`). Afterwards ``model.feature_scale`` is set to the RMS of the
+    training features."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if x.ndim != 4 or y.shape != (len(x),):
+        raise GanflowError(
+            f"classifier needs images (n, C, H, W) and labels (n,), got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+    if len(x) < 10:
+        raise GanflowError(f"classifier needs at least 10 labelled images, got {len(x)}")
+    n_classes = int(y.max()) + 1
+    train_idx, test_idx = _split(len(x), seed)
+    epochs = _epochs(len(train_idx)) if epochs is None else int(epochs)
+    t0 = time.perf_counter()
+    # enable_grad: the trainer evaluates (and so may first train this) under no_grad
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        # The global RNG draws the initial weights and the dropout masks.
+        torch.manual_seed(seed)
+        model = _fit(x, y, train_idx, n_classes, epochs, seed)
+    with torch.no_grad():
+        pred = torch.cat([model(x[test_idx[i:i + 1024]]).argmax(1)
+                          for i in range(0, len(test_idx), 1024)])
+        sq = sum(float((model._raw_features(x[train_idx[i:i + 1024]]).double() ** 2).sum())
+                 for i in range(0, len(train_idx), 1024))
+        rms = math.sqrt(sq / (len(train_idx) * FEATURE_DIM))
+        model.feature_scale.fill_(rms if rms > 0 else 1.0)
+    acc = float((pred == y[test_idx]).double().mean())
+    return FeatureNet(model, acc, name, _data_hash(x.numpy(), y.numpy()), seed,
+                      time.perf_counter() - t0, False)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, train_idx: torch.Tensor, n_classes: int,
+         epochs: int, seed: int) -> Classifier:
+    model = Classifier(tuple(x.shape[1:]), n_classes)
+    lr0 = 2e-3
+    opt = torch.optim.Adam(model.parameters(), lr=lr0)
+    g = torch.Generator().manual_seed(seed + 1)
+    n_steps, step = epochs * math.ceil(len(train_idx) / 64), 0
+    model.train()
+    for _ in range(epochs):
+        order = train_idx[torch.randperm(len(train_idx), generator=g)]
+        for i in range(0, len(order), 64):
+            b = order[i:i + 64]
+            for group in opt.param_groups:
+                group["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * step / n_steps))
+            step += 1
+            loss = nn.functional.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _data_hash(images: np.ndarray, labels: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    arr = np.ascontiguousarray(images, dtype=np.float32)
+    h.update(str(arr.shape).encode())
+    h.update(arr.tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ganflow")
+    except Exception:  # noqa: BLE001 - not installed (a source checkout): still cacheable
+        return "unknown"
+
+
+def cache_dir() -> Path:
+    """``$GANFLOW_CACHE``, else ``$XDG_CACHE_HOME/ganflow``, else ``~/.cache/ganflow``."""
+    if os.environ.get("GANFLOW_CACHE"):
+        return Path(os.environ["GANFLOW_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "ganflow"
+    return Path.home() / ".cache" / "ganflow"
+
+
+def _load_cached(weights: Path, meta_path: Path, meta_expected: dict,
+                 image_shape, n_classes: int) -> FeatureNet | None:
+    if not (weights.is_file() and meta_path.is_file()):
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        meta = json.loads(meta_path.read_text())
+        if any(meta.get(k) != v for k, v in meta_expected.items()):
+            return None
+        model = Classifier(tuple(image_shape), n_classes)
+        model.load_state_dict(load_file(str(weights)))
+        model.eval()
+        acc = float(meta["accuracy"])
+    except Exception as exc:  # noqa: BLE001 - any corrupt entry is retrained, never fatal
+        log.warning("ignoring unreadable classifier cache %s (%s); retraining", weights, exc)
+        return None
+    return FeatureNet(model, acc, meta_expected["data"], meta_expected["data_hash"],
+                      meta_expected["seed"], 0.0, True)
+
+
+def feature_net(data: str | Path | Dataset | LabelledImages, *, seed: int = 0,
+                cache: bool = True) -> FeatureNet:
+    r"""The feature classifier of an image data set (spec, :class:`Dataset` or
+    :class:`~ganflow.images.LabelledImages`): loaded from :func:`cache_dir` when a matching
+    entry exists, else trained with :func:`train_classifier` and stored (module docstring)."""
+    arrays = data if isinstance(data, LabelledImages) else labelled_images(data)
+    if arrays.labels is None:
+        raise GanflowError(
+            f"image data {arrays.name!r} has no labels, so no feature classifier can be "
+            f"trained; expected labelled images ('digits', 'mnist', or a .npz with 'y' or "
+            f"'labels')"
+        )
+    digest = _data_hash(arrays.images, arrays.labels)
+    n_classes = int(arrays.labels.max()) + 1
+    expected = {"data": arrays.name, "data_hash": digest, "seed": int(seed),
+                "classifier_version": CLASSIFIER_VERSION, "n_classes": n_classes,
+                "image_shape": list(arrays.images.shape[1:])}
+    key = f"classifier-{arrays.name}-{digest[:16]}-s{int(seed)}-v{CLASSIFIER_VERSION}"
+    weights, meta_path = cache_dir() / f"{key}.safetensors", cache_dir() / f"{key}.json"
+    if cache:
+        hit = _load_cached(weights, meta_path, expected, arrays.images.shape[1:], n_classes)
+        if hit is not None:
+            return hit
+    net = train_classifier(arrays.images, arrays.labels, seed=seed, name=arrays.name)
+    if cache:
+        from safetensors.torch import save
+
+        state = {k: v.contiguous() for k, v in net.model.state_dict().items()}
+        # Weights first, sidecar last: a sidecar only exists next to complete weights.
+        write_bytes_atomic(weights, save(state))
+        write_json_atomic(meta_path, {**expected, "accuracy": net.accuracy,
+                                      "train_seconds": round(net.train_seconds, 3),
+                                      "ganflow_version": _version()})
+    return net
+
+
+# ------------------------------------------------------------------ statistics
+def _as_features(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or len(a) < 2:
+        raise GanflowError(f"{name} must be a (n, k) array with n >= 2, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise GanflowError(f"{name} contains NaN or Inf; expected finite features")
+    return a
+
+
+def _same_dim(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise GanflowError(
+            f"feature sets must have the same width, got {a.shape[1]} and {b.shape[1]}"
+        )
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    r"""Frechet distance between Gaussians fitted to two feature sets (n, k) (FID's formula,
+    Heusel et al. 2017): :math:`|\mu_a-\mu_b|^2 + \operatorname{tr} S_a + \operatorname{tr}
+    S_b - 2 \operatorname{tr}(S_a^{1/2} S_b S_a^{1/2})^{1/2}`, unbiased covariances, float64.
+
+    The matrix square roots are taken by symmetric eigendecompositions with negative
+    round-off eigenvalues clamped to 0, so no imaginary parts arise (scipy's ``sqrtm`` of
+    the non-symmetric product :math:`S_a S_b` would need them clamped)."""
+    a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
+    _same_dim(a, b)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root_a = _psd_sqrt(s_a)
+    cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    tr_cross = float(np.sqrt(np.clip(cross, 0, None)).sum())
+    fd = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_cross)
+    return max(fd, 0.0)
+
+
+def _mmd2_unbiased_poly(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    kxx = (x @ x.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    kxy = (x @ y.T / d + 1) ** 3
+    m, n = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+                 + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
+
+
+def kernel_distance(feats_a, feats_b, *, subset_size: int = 1000, n_subsets: int = 100,
+                    seed: int = 0) -> float:
+    r"""KID (Binkowski et al. 2018): the unbiased MMD^2 estimate with the cubic polynomial
+    kernel :math:`k(x, y) = (x \cdot y / k + 1)^3` (k = feature width), averaged over
+    ``n_subsets`` pairs of random subsets of ``min(subset_size, n_a, n_b)`` points each
+    (drawn without replacement, seeded). When that size covers both sets entirely, a single
+    exact evaluation on the full sets is returned. Can be slightly negative (unbiased)."""
+    a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
+    _same_dim(a, b)
+    m = min(int(subset_size), len(a), len(b))
+    if m < 2:
+        raise GanflowError(f"subset_size must be >= 2, got {subset_size!r}")
+    if m == len(a) == len(b):
+        return _mmd2_unbiased_poly(a, b)
+    rng = np.random.default_rng(seed)
+    vals = [_mmd2_unbiased_poly(a[rng.choice(len(a), m, replace=False)],
+                                b[rng.choice(len(b), m, replace=False)])
+            for _ in range(int(n_subsets))]
+    return float(np.mean(vals))
+
+
+class Coverage(NamedTuple):
+    """``classes``: number of classes found; ``kl``: KL(histogram || uniform) in nats;
+    ``histogram``: the share of each class among the argmax predictions."""
+
+    classes: int
+    kl: float
+    histogram: list[float]
+
+
+def class_coverage(logits_or_probs, *, n_classes: int | None = None,
+                   min_share: float = MIN_CLASS_SHARE) -> Coverage:
+    r"""Mode coverage from classifier outputs (n, K): each image counts for its argmax class
+    (the same for logits and probabilities). A class is *found* when its share of the
+    images is at least ``min_share / K`` (default: a tenth of the uniform share, so a few
+    stray images do not count as covering a mode). ``kl`` is :math:`\sum_c p_c \ln(K p_c)`,
+    0 for a perfectly balanced sample, :math:`\ln K` when all images fall in one class."""
+    p = np.asarray(logits_or_probs.detach().cpu() if isinstance(logits_or_probs, torch.Tensor)
+                   else logits_or_probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) == 0 or p.shape[1] < 1:
+        raise GanflowError(f"class outputs must be (n, K) with n >= 1, got shape {p.shape}")
+    k = int(n_classes or p.shape[1])
+    counts = np.bincount(p.argmax(1), minlength=k).astype(np.float64)
+    share = counts / counts.sum()
+    found = int((share >= min_share / k).sum())
+    nz = share > 0
+    kl = float((share[nz] * np.log(share[nz] * k)).sum())
+    return Coverage(found, kl, share.tolist())
+
+
+def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    out = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i:i + chunk], x)
+        # k + 1: the nearest "neighbour" of a point in its own set is itself at distance 0.
+        out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
+    return torch.cat(out)
+
+
+def _inside_any_ball(q: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                     chunk: int = 2048) -> torch.Tensor:
+    hits = [(torch.cdist(q[i:i + chunk], centres) <= radii[None]).any(1)
+            for i in range(0, len(q), chunk)]
+    return torch.cat(hits)
+
+
+def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
+    r"""Improved precision and recall (Kynkaanniemi et al. 2019). Each set's manifold is the
+    union of balls around its points with radius the distance to the k-th nearest neighbour
+    in the same set; precision = share of fake points inside the real manifold, recall =
+    share of real points inside the fake manifold."""
+    a, b = _as_features(real_feats, "real_feats"), _as_features(fake_feats, "fake_feats")
+    _same_dim(a, b)
+    if int(k) != k or k < 1 or k >= min(len(a), len(b)):
+        raise GanflowError(
+            f"k must be an integer in [1, {min(len(a), len(b)) - 1}] for these set sizes, "
+            f"got {k!r}"
+        )
+    ra, rb = torch.from_numpy(a), torch.from_numpy(b)
+    precision = float(_inside_any_ball(rb, ra, _kth_nn_radius(ra, k)).double().mean())
+    recall = float(_inside_any_ball(ra, rb, _kth_nn_radius(rb, k)).double().mean())
+    return precision, recall
+
+
+# ------------------------------------------------------------------ one call
+def image_metrics(fake_images_flat, data: str | Path | Dataset, *, seed: int = 0,
+                  n: int | None = None, kid_subset_size: int = 1000, k: int = 3) -> dict:
+    r"""Every image metric of generated images (n_fake, C*H*W) in [-1, 1] against ``data``
+    (an image spec or Dataset with labels), as a JSON-ready dict.
+
+    Protocol: the real images are split by a seeded permutation into two disjoint halves A
+    and B; ``n`` images of each (default ``min(n_fake, N // 2)``) are used, and the first
+    ``n`` fake images. Distances compare fake with A; the ``*_floor`` entries compare B with
+    A, the value of a perfect generator at this sample size (FD is biased upward at small
+    n, so compare with the floor, never with 0). Keys: ``frechet_distance``,
+    ``kernel_distance``, ``precision``, ``recall``, their ``*_floor``, ``class_coverage``
+    (classes found among ALL the fake images, ``n_coverage`` of them:
+    :func:`class_coverage`), ``class_kl``, ``n_classes``,
+    ``classifier_accuracy`` (held out), ``n_fake``, ``n_real``, ``feature_dim``, ``seed``.
+    """
+    arrays = labelled_images(data) if not isinstance(data, LabelledImages) else data
+    net = feature_net(arrays, seed=seed)
+    fake = _as_tensor(fake_images_flat, net.model.image_shape)
+    n_all = len(arrays.images)
+    n_use = min(len(fake), n_all // 2) if n is None else int(n)
+    if n_use < max(k + 1, 10) or n_use > len(fake) or n_use > n_all // 2:
+        raise GanflowError(
+            f"n must be between {max(k + 1, 10)} and min(n_fake={len(fake)}, "
+            f"N/2={n_all // 2}), got {n_use}"
+        )
+    perm = np.random.default_rng(seed + 1).permutation(n_all)
+    real_a = arrays.images[perm[:n_use]]
+    real_b = arrays.images[perm[n_all // 2:n_all // 2 + n_use]]
+    f_fake, f_a, f_b = (net.features(v) for v in (fake[:n_use], real_a, real_b))
+    # coverage needs no real images: classify EVERY fake (issue 5 asks for 10000 samples;
+    # with only n_use a rare class would be missed by chance)
+    cov = class_coverage(net.logits(fake), n_classes=net.model.n_classes)
+    p, r = precision_recall(f_a, f_fake, k=k)
+    p0, r0 = precision_recall(f_a, f_b, k=k)
+    return {
+        "frechet_distance": frechet_distance(f_fake, f_a),
+        "frechet_distance_floor": frechet_distance(f_b, f_a),
+        "kernel_distance": kernel_distance(f_fake, f_a, subset_size=kid_subset_size, seed=seed),
+        "kernel_distance_floor": kernel_distance(f_b, f_a, subset_size=kid_subset_size,
+                                                 seed=seed),
+        "precision": p,
+        "recall": r,
+        "precision_floor": p0,
+        "recall_floor": r0,
+        "class_coverage": cov.classes,
+        "class_kl": cov.kl,
+        "n_classes": net.model.n_classes,
+        "classifier_accuracy": net.accuracy,
+        "n_fake": int(n_use),
+        "n_coverage": len(fake),
+        "n_real": int(n_use),
+        "feature_dim": FEATURE_DIM,
+        "seed": int(seed),
+    }
