@@ -2,6 +2,7 @@
 
 # No "from __future__ import annotations": typer reads the Annotated options, built
 # from locals of register(), at definition time.
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -140,6 +141,8 @@ def register(app: typer.Typer) -> None:
             _fail(exc)
         except tr.TrainingDivergedError as exc:
             _fail(f"{exc}; the last good checkpoint is kept in its run folder", 1)
+        if os.environ.get("RANK", "0") != "0":
+            return  # under torchrun, rank 0 reports for all
         m = result.metrics
         shown = ", ".join(f"{k} {m[k]:.4g}" if isinstance(m[k], float) else f"{k} {m[k]}"
                           for k in ("modes", "hq", "mode_kl", "frechet_distance", "class_coverage",

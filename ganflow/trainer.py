@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -48,6 +47,14 @@ from ._errors import GanflowError
 from ._io import write_bytes_atomic, write_json_atomic
 from .algorithm import FIT_SOLVERS, METHODS, PAIRINGS, StepConfig, StepInfo, algorithm_step
 from .data import Dataset, load_data
+from .distributed import (
+    DistContext,
+    attach,
+    check_supported,
+    distributed_session,
+    interrupt_flag,
+    rank_seed,
+)
 from .divergences import get_divergence
 from .metrics import energy_distance, mode_metrics, w2
 from .networks import (
@@ -260,10 +267,19 @@ class TrainResult:
 
 # ------------------------------------------------------------------------ the trainer
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, data: Dataset) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: Dataset,
+                 ctx: DistContext | None = None) -> None:
         cfg = cfg.resolved(data)
         self.cfg, self.run_dir, self.data = cfg, run_dir, data
-        self.device = _parse_device(cfg.device)
+        # one process unless torchrun started several (ganflow.distributed): then every
+        # rank holds the same nets, draws its own batches, and gradients are averaged
+        self.ctx = ctx or DistContext(device=_parse_device(cfg.device))
+        check_supported(cfg, self.ctx)
+        if self.ctx.world_size > 1 and cfg.method == "particles":
+            raise GanflowError(
+                "--method particles is single-process for now: each rank would hold its own "
+                f"particles; run it without torchrun (world size {self.ctx.world_size})")
+        self.device = self.ctx.device if self.ctx.world_size > 1 else _parse_device(cfg.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             if data.image_shape is not None:
@@ -279,7 +295,11 @@ class _Trainer:
         self.G, self.D = G.to(self.device), D.to(self.device)
         self.opt_g = self._optimizer(self.G, cfg.lr_g)
         self.opt_d = self._optimizer(self.D, cfg.lr_d)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        # average gradients over ranks before every optimizer step (no-op on one process)
+        attach(self.opt_g, self.ctx)
+        attach(self.opt_d, self.ctx)
+        # rank 0 keeps cfg.seed: a one-process run draws what it always drew
+        self.gen = torch.Generator().manual_seed(rank_seed(cfg.seed, self.ctx.rank))
         self.step_cfg = cfg.step_config(data.length_scale)
         self.iteration = 0
         self.flow_time = 0.0
@@ -288,6 +308,7 @@ class _Trainer:
         self.recent: list[StepInfo] = []
         self.particles: torch.Tensor | None = None
         self.distilled = False
+        self._rng_states: list[torch.Tensor] | None = None  # set by _save_all_ranks
         if cfg.method == "particles":
             self.particles = self._initial_particles().to(self.device)
 
@@ -423,7 +444,11 @@ class _Trainer:
                         scalars[f"{idx}.{k}"] = v
             meta[name] = {"param_groups": sd["param_groups"], "scalars": scalars,
                           "indices": sorted(sd["state"])}
-        tensors["rng.train"] = self.gen.get_state()
+        # every rank's batch generator (gathered by run()), so a distributed resume is exact
+        states = self._rng_states or [self.gen.get_state()]
+        tensors["rng.train"] = states[0]
+        for r, st in enumerate(states[1:], start=1):
+            tensors[f"rng.train.{r}"] = st
         if self.particles is not None:
             tensors["particles"] = self.particles.detach().cpu().contiguous()
         return tensors, meta
@@ -449,7 +474,7 @@ class _Trainer:
         os.replace(tmp, ck / fname)
         state = {"iteration": self.iteration, "flow_time": self.flow_time,
                  "seconds": self.seconds, "weights": fname, "torch": torch.__version__,
-                 "distilled": self.distilled,
+                 "distilled": self.distilled, "world_size": self.ctx.world_size,
                  "optimizers": meta, "last_metrics": self.last_metrics,
                  # step statistics since the last evaluation, so that an interrupted and
                  # resumed run logs the same averages as one that never stopped
@@ -462,7 +487,7 @@ class _Trainer:
             p.unlink(missing_ok=True)
         return ck / fname
 
-    def load_checkpoint(self) -> None:
+    def load_checkpoint(self, *, resuming: bool = False) -> None:
         ck = self.run_dir / "checkpoints"
         try:
             state = json.loads((ck / "latest.json").read_text())
@@ -489,7 +514,14 @@ class _Trainer:
                         entry[key] = v
                 st[idx] = entry
             opt.load_state_dict({"state": st, "param_groups": meta["param_groups"]})
-        self.gen.set_state(tensors["rng.train"])
+        saved_world = int(state.get("world_size", 1))
+        if resuming and saved_world != self.ctx.world_size:
+            raise GanflowError(
+                f"run {str(self.run_dir)!r} was trained on {saved_world} process(es); resume "
+                f"it with the same number (now {self.ctx.world_size}): each rank's batch "
+                "stream is part of the checkpoint")
+        key = "rng.train" if self.ctx.rank == 0 else f"rng.train.{self.ctx.rank}"
+        self.gen.set_state(tensors[key])
         if self.particles is not None:
             self.particles = tensors["particles"].to(self.device)
         self.distilled = bool(state.get("distilled", False))
@@ -504,82 +536,93 @@ class _Trainer:
     def run(self, *, progress: bool = True, stop_at: int | None = None) -> TrainResult:
         from tqdm.auto import tqdm
 
-        cfg = self.cfg
+        cfg, ctx = self.cfg, self.ctx
+        main = ctx.is_main  # rank 0 alone evaluates and writes; every rank trains
         end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
-        interrupted = threading.Event()
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-            # Ctrl-C only sets a flag: the loop stops between iterations, so the saved
-            # state is never half an update.
-            def handler(signum, frame):
-                if interrupted.is_set():  # a second Ctrl-C: give up at once
-                    raise KeyboardInterrupt
-                interrupted.set()
-
-            old_handler = signal.signal(signal.SIGINT, handler)
         metrics_path = self.run_dir / "metrics.jsonl"
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not progress,
-                   dynamic_ncols=True, desc=f"{cfg.method} {self.data.name}")
         status = "finished"
         t0 = time.perf_counter() - self.seconds
-        try:
-            if self.iteration == 0 and not metrics_path.exists():
-                self._log(metrics_path, self.evaluate())
-                self.save_checkpoint()
-            while self.iteration < end:
-                if interrupted.is_set():
-                    status = "interrupted"
-                    break
-                self._set_lr()
-                if self.particles is not None:
-                    info = particle_step(self.D, self.opt_d, self.particles, self.sample_data,
-                                         self.pick_particles, self.step_cfg)
-                    checked = ("d_loss", "drift_max")
-                    self.distilled = False  # the particles moved on from any distilled G
-                else:
-                    info = algorithm_step(self.G, self.D, self.opt_g, self.opt_d,
-                                          self.sample_data, self.sample_latent, self.step_cfg)
-                    checked = ("d_loss", "g_loss")
-                for qty in checked:
-                    if not math.isfinite(getattr(info, qty)):
-                        raise TrainingDivergedError(
-                            f"{qty.replace('_', ' ')} is {getattr(info, qty)} at iteration "
-                            f"{self.iteration + 1}")
-                self.iteration += 1
-                self.flow_time += info.flow_time
-                self.recent.append(info)
-                self.seconds = time.perf_counter() - t0
-                if self.iteration % cfg.eval_every == 0 or self.iteration == end:
-                    self._log(metrics_path, self.evaluate())
-                    self.save_checkpoint()
-                    bar.set_postfix(self._postfix(), refresh=False)
-                elif self.iteration % 50 == 0:
-                    bar.set_postfix(self._postfix(), refresh=False)
-                bar.update(1)
-            if status == "interrupted":
-                self.seconds = time.perf_counter() - t0
-                self.save_checkpoint()
-            elif self.iteration < cfg.iterations:
-                status = "stopped"
-            elif cfg.distil and self.particles is not None:
-                bar.close()
-                status = self.distil(interrupted, progress=progress)
-        except TrainingDivergedError:
-            self._write_summary("diverged")
-            raise
-        finally:
-            bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-        self._write_summary(status)
-        if status != "stopped":
+        # Ctrl-C only sets a flag: the loop stops between iterations, so the saved state is
+        # never half an update (a repeat within 2 s, as torchrun forwards it, is the same
+        # Ctrl-C; a later one gives up at once)
+        with interrupt_flag() as interrupted:
+            bar = tqdm(total=cfg.iterations, initial=self.iteration,
+                       disable=not (progress and main), dynamic_ncols=True,
+                       desc=f"{cfg.method} {self.data.name}")
             try:
-                plot_run(self.run_dir)
-            except Exception as exc:  # a figure must never cost the run its results
-                (self.run_dir / "samples").mkdir(exist_ok=True)
-                (self.run_dir / "samples" / "plot-error.txt").write_text(repr(exc))
+                # decided on rank 0: the ranks must agree on every collective they enter
+                if ctx.broadcast_object(self.iteration == 0 and not metrics_path.exists()):
+                    self._evaluate_and_save(metrics_path)
+                while self.iteration < end:
+                    # every rank, every iteration: a Ctrl-C seen by any rank stops all
+                    if ctx.any_flag(interrupted.is_set()):
+                        status = "interrupted"
+                        break
+                    self._set_lr()
+                    if self.particles is not None:
+                        info = particle_step(self.D, self.opt_d, self.particles,
+                                             self.sample_data, self.pick_particles,
+                                             self.step_cfg)
+                        checked = ("d_loss", "drift_max")
+                        self.distilled = False  # the particles moved on from any distilled G
+                    else:
+                        info = algorithm_step(self.G, self.D, self.opt_g, self.opt_d,
+                                              self.sample_data, self.sample_latent,
+                                              self.step_cfg)
+                        checked = ("d_loss", "g_loss")
+                    bad = [q for q in checked if not math.isfinite(getattr(info, q))]
+                    if ctx.any_flag(bool(bad)):  # all ranks raise together, none hangs
+                        what = (f"{bad[0].replace('_', ' ')} is {getattr(info, bad[0])}"
+                                if bad else "a loss is NaN/Inf on another rank")
+                        raise TrainingDivergedError(f"{what} at iteration {self.iteration + 1}")
+                    self.iteration += 1
+                    self.flow_time += info.flow_time
+                    self.recent.append(info)
+                    self.seconds = time.perf_counter() - t0
+                    if self.iteration % cfg.eval_every == 0 or self.iteration == end:
+                        self._evaluate_and_save(metrics_path)
+                        bar.set_postfix(self._postfix(), refresh=False)
+                    elif self.iteration % 50 == 0:
+                        bar.set_postfix(self._postfix(), refresh=False)
+                    bar.update(1)
+                if status == "interrupted":
+                    self.seconds = time.perf_counter() - t0
+                    self._save_all_ranks()
+                elif self.iteration < cfg.iterations:
+                    status = "stopped"
+                elif cfg.distil and self.particles is not None:
+                    bar.close()
+                    status = self.distil(interrupted, progress=progress)
+            except TrainingDivergedError:
+                if main:
+                    self._write_summary("diverged")
+                raise
+            finally:
+                bar.close()
+        if main:
+            self._write_summary(status)
+            if status != "stopped":
+                try:
+                    plot_run(self.run_dir)
+                except Exception as exc:  # a figure must never cost the run its results
+                    (self.run_dir / "samples").mkdir(exist_ok=True)
+                    (self.run_dir / "samples" / "plot-error.txt").write_text(repr(exc))
         return TrainResult(self.run_dir, status, self.iteration, self.flow_time, self.seconds,
                            dict(self.last_metrics))
+
+    def _save_all_ranks(self) -> None:
+        """Checkpoint on rank 0 with every rank's batch-generator state (a collective:
+        every rank calls it at the same iteration)."""
+        self._rng_states = self.ctx.gather_objects(self.gen.get_state())
+        if self.ctx.is_main:
+            self.save_checkpoint()
+
+    def _evaluate_and_save(self, metrics_path: Path) -> None:
+        if self.ctx.is_main:
+            self._log(metrics_path, self.evaluate())
+        else:
+            self.recent = []  # rank 0 logs the step statistics (of its own batches)
+        self._save_all_ranks()
 
     def distil(self, interrupted: threading.Event, *, progress: bool = True) -> str:
         """Fit G set-wise to the final particles (``distil_iterations`` steps); writes
@@ -726,32 +769,44 @@ def train(
     ``out`` must not exist or be an empty folder (nothing is ever overwritten); by default
     a fresh ``runs/<data>-<method>-s<seed>[-k]``. ``stop_at`` stops early (as Ctrl-C would,
     with a checkpoint) while keeping ``config.iterations`` as the run's horizon.
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this and they train one run
+    together (:mod:`ganflow.distributed`); rank 0 writes the folder.
     Raises :class:`GanflowError` on bad options or data (before anything is written) and
     :class:`TrainingDivergedError` on NaN/Inf (the last good checkpoint is kept).
     """
     cfg = config or TrainConfig()
     data = load_data(cfg.data)
-    run_dir = Path(out) if out is not None else _fresh_run_dir(cfg, data)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise GanflowError(
-            f"output folder {str(run_dir)!r} exists and is not empty; choose a new --out, or "
-            f"continue it with --resume {run_dir}"
-        )
-    trainer = _Trainer(cfg, run_dir, data)  # builds everything before writing anything
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", asdict(trainer.cfg))
-    return trainer.run(progress=progress, stop_at=stop_at)
+    with distributed_session(cfg.device) as ctx:
+        # rank 0 names the folder: a default name probes the disk, which must happen once
+        run_dir = Path(ctx.broadcast_object(
+            str(out) if out is not None else str(_fresh_run_dir(cfg, data))))
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise GanflowError(
+                f"output folder {str(run_dir)!r} exists and is not empty; choose a new --out, "
+                f"or continue it with --resume {run_dir}"
+            )
+        trainer = _Trainer(cfg, run_dir, data, ctx)  # builds everything before writing
+        ctx.barrier()  # every rank has checked the folder before rank 0 creates it
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "config.json", asdict(trainer.cfg))
+        return trainer.run(progress=progress, stop_at=stop_at)
 
 
-def _load_run(run_dir: str | Path, **overrides) -> _Trainer:
+def _load_run(run_dir: str | Path, ctx: DistContext | None = None, *, resuming: bool = False,
+              **overrides) -> _Trainer:
+    """The trainer of a run folder at its latest checkpoint. ``resuming`` (training on)
+    requires the run's world size; sampling and plotting read any run on one process."""
     run_dir = Path(run_dir)
     try:
         obj = json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise GanflowError(f"{str(run_dir)!r} is not a ganflow run folder: {exc}") from exc
     cfg = TrainConfig.from_dict({**obj, **{k: v for k, v in overrides.items() if v is not None}})
-    trainer = _Trainer(cfg, run_dir, load_data(cfg.data))
-    trainer.load_checkpoint()
+    trainer = _Trainer(cfg, run_dir, load_data(cfg.data), ctx)
+    trainer.load_checkpoint(resuming=resuming)
+    trainer.ctx.broadcast_module(trainer.G)  # identical already; a cheap guarantee
+    trainer.ctx.broadcast_module(trainer.D)
     return trainer
 
 
@@ -762,18 +817,27 @@ def resume(
     r"""Continue a run from its latest checkpoint up to ``iterations`` (default: its own).
 
     Metrics rows after the checkpoint (from a crash) are dropped, so the file reads as
-    if the run had never stopped."""
-    trainer = _load_run(run_dir, iterations=iterations, device=device)
-    if trainer.iteration > trainer.cfg.iterations:
-        raise GanflowError(
-            f"run {str(run_dir)!r} is already at iteration {trainer.iteration}; "
-            f"--iterations {trainer.cfg.iterations} would go back"
-        )
-    rows = [r for r in read_metrics(run_dir) if r["iteration"] <= trainer.iteration]
-    write_bytes_atomic(Path(run_dir) / "metrics.jsonl",
-                       "".join(json.dumps(r) + "\n" for r in rows).encode())
-    write_json_atomic(Path(run_dir) / "config.json", asdict(trainer.cfg))
-    return trainer.run(progress=progress, stop_at=stop_at)
+    if the run had never stopped. A run trained on N processes resumes on N (torchrun)."""
+    obj_device = device
+    if obj_device is None:
+        try:
+            obj_device = json.loads((Path(run_dir) / "config.json").read_text())["device"]
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise GanflowError(f"{str(run_dir)!r} is not a ganflow run folder: {exc}") from exc
+    with distributed_session(obj_device) as ctx:
+        trainer = _load_run(run_dir, ctx, resuming=True, iterations=iterations, device=device)
+        if trainer.iteration > trainer.cfg.iterations:
+            raise GanflowError(
+                f"run {str(run_dir)!r} is already at iteration {trainer.iteration}; "
+                f"--iterations {trainer.cfg.iterations} would go back"
+            )
+        ctx.barrier()  # every rank has read the folder before rank 0 rewrites its files
+        if ctx.is_main:
+            rows = [r for r in read_metrics(run_dir) if r["iteration"] <= trainer.iteration]
+            write_bytes_atomic(Path(run_dir) / "metrics.jsonl",
+                               "".join(json.dumps(r) + "\n" for r in rows).encode())
+            write_json_atomic(Path(run_dir) / "config.json", asdict(trainer.cfg))
+        return trainer.run(progress=progress, stop_at=stop_at)
 
 
 def sample_run(run_dir: str | Path, n: int, *, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,127 @@
+r"""Benchmark of issue 5: Algorithm 1 and the GAN baselines on real digit images.
+
+For each seed, gan-ns, gan and flow (K = 1, index pairing: the best of the 2-D study,
+issue 3's notes) train on ``digits`` INTERLEAVED (benchmarks/_interleave.py), with the
+image defaults of ``ganflow train`` (conv nets, 32 channels, latent 16, batch 512, 3000
+iterations). Every evaluation logs the Frechet distance and the class coverage in the
+feature space of ganflow's own classifier (ganflow.features); this script prints the
+final values, the wall time at which each run first got within 2x of the final best
+Frechet distance of the block, and draws:
+
+* ``results/images-fd.png``: Frechet distance and classes found against wall time;
+* ``results/images-grids.png``: the final sample grids of seed 0, side by side.
+
+    python benchmarks/bench_images.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import RESULTS, environment, print_table
+from _interleave import run_interleaved
+
+from ganflow.trainer import TrainConfig, read_metrics
+
+METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
+           "flow K=1 index": {"method": "flow"}}
+
+
+def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from ganflow._io import write_bytes_atomic
+
+    ims = {k: Image.open(p).convert("L") for k, p in grids.items()}
+    w = sum(im.width for im in ims.values()) + 10 * (len(ims) - 1)
+    h = max(im.height for im in ims.values()) + 14
+    canvas = Image.new("L", (w, h), 255)
+    x = 0
+    draw = ImageDraw.Draw(canvas)
+    for name, im in ims.items():
+        draw.text((x + 2, 1), name, fill=0)
+        canvas.paste(im, (x, 14))
+        x += im.width + 10
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--iterations", type=int, default=3000)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=RESULTS / "bench_images.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ganflow.plots import save_figure
+
+    rows, curves = [], {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            cfgs = {n: TrainConfig(data="digits", seed=seed, iterations=args.iterations,
+                                   eval_every=args.eval_every, **over)
+                    for n, over in METHODS.items()}
+            runs = run_interleaved(cfgs, Path(tmp) / f"s{seed}", args.eval_every)
+            block = {n: read_metrics(r["dir"]) for n, r in runs.items()}
+            best = min(r["frechet_distance"] for m in block.values() for r in m)
+            for name, metrics in block.items():
+                last = metrics[-1]
+                near = next((r for r in metrics if r["frechet_distance"] <= 2 * best), None)
+                rows.append({"seed": seed, "method": name, "status": runs[name]["status"],
+                             "iteration": last["iteration"], "seconds": last["seconds"],
+                             "frechet_distance": last["frechet_distance"],
+                             "fd_floor": last["frechet_distance_floor"],
+                             "best_fd": min(r["frechet_distance"] for r in metrics),
+                             "classes": last["class_coverage"], "class_kl": last["class_kl"],
+                             "s_to_2x_best_fd": near["seconds"] if near else None})
+                curves[(seed, name)] = [(r["seconds"], r["frechet_distance"],
+                                         r["class_coverage"]) for r in metrics]
+            if seed == args.seeds[0]:
+                grids = {n: sorted((r["dir"] / "samples").glob("grid-*.png"))[-1]
+                         for n, r in runs.items()}
+                RESULTS.mkdir(exist_ok=True)
+                _grids_side_by_side(grids, RESULTS / "images-grids.png")
+            print_table(rows[-len(METHODS):], ["seed", "method", "seconds",
+                                               "frechet_distance", "fd_floor", "best_fd",
+                                               "classes", "class_kl", "s_to_2x_best_fd"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, name in enumerate(METHODS):
+        for seed in args.seeds:
+            c = curves[(seed, name)]
+            kw = {"color": f"C{i}", "alpha": 0.8, "label": name if seed == args.seeds[0]
+                  else None}
+            axes[0].semilogy([p[0] for p in c], [p[1] for p in c], "o-", ms=2, **kw)
+            axes[1].plot([p[0] for p in c], [p[2] for p in c], "o-", ms=2, **kw)
+    axes[0].set_ylabel("Frechet distance (own classifier)")
+    axes[1].set_ylabel("classes found (of 10)")
+    for ax in axes:
+        ax.set_xlabel("wall seconds (each run's own clock, interleaved)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, RESULTS / "images-fd.png")
+    args.json.write_text(json.dumps({"env": environment(), "args": {
+        k: str(v) for k, v in vars(args).items()}, "rows": rows,
+        "curves": {f"{s}|{n}": c for (s, n), c in curves.items()},
+        "wall_s": time.perf_counter() - t0}, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
