@@ -95,7 +95,8 @@ def plot_samples_at_times(runs: dict[str, Path], data: str, times: list[float], 
     mixture = load_data(data).mixture
     fig, axes = plt.subplots(len(runs), len(times), figsize=(2.3 * len(times), 2.3 * len(runs)),
                              squeeze=False)
-    lim = mixture.extent(4.0) if mixture is not None else 3.0
+    # a margin around the target's extent, so that points on its outer modes show
+    lim = 1.15 * mixture.extent(4.0) if mixture is not None else 3.0
     for i, (name, run_dir) in enumerate(runs.items()):
         rows = read_metrics(run_dir)
         for j, t in enumerate(times):

@@ -46,6 +46,9 @@ METHODS: dict[str, dict] = {
     **{f"flow K={k} {p}": {"method": "flow", "fit_steps": k, "pairing": p}
        for k in (1, 5, 20) for p in ("index", "assignment")},
     "flow faithful": {"method": "flow", "faithful": True},
+    # issue 7: no generator, 10 000 particles moved by D's drift, started from the
+    # untrained generator's law (same D calibration and steps as "flow K=1 index")
+    "particles": {"method": "particles", "particle_init": "generator"},
 }
 
 
