@@ -28,6 +28,13 @@ evaluation uses a fixed-seed subsample of ``eval_samples`` of them, and the snap
 particles are exchangeable, so these are a uniform subsample). With ``distil`` a
 generator is fitted set-wise to the final particles (``distil.json``), so the run still
 gives a sampler.
+
+Image data (``Dataset.image_shape``, issue 5) get conv nets and the image metrics of
+:mod:`ganflow.features` (Frechet distance, class coverage) in every evaluation, and a
+sample grid ``samples/grid-<iteration>.png``. Under ``torchrun`` (issue 6,
+:mod:`ganflow.distributed`) every rank runs this loop on its own batches with averaged
+gradients; rank 0 alone evaluates and writes, and the checkpoint holds every rank's
+batch stream (``rng.train``, ``rng.train.<rank>``).
 """
 
 from __future__ import annotations
