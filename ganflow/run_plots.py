@@ -21,9 +21,10 @@ __all__ = ["plot_run", "sample_figure", "save_image_grid"]
 
 
 def save_image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], path: Path,
-                    *, columns: int = 8, scale: int = 4) -> Path:
+                    *, columns: int = 8, scale: int | None = None) -> Path:
     """Write flat images (n, C*H*W) in [-1, 1] as one PNG grid (atomically); each pixel
-    becomes ``scale`` x ``scale`` pixels so that 8 x 8 digits are visible."""
+    becomes ``scale`` x ``scale`` pixels (default: about 32 pixels per image side, so
+    that 8 x 8 digits are visible and 28 x 28 MNIST stays 1:1)."""
     import io
 
     from PIL import Image
@@ -31,6 +32,7 @@ def save_image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], pat
     from ._io import write_bytes_atomic
 
     c, h, w = image_shape
+    scale = scale or max(1, 32 // max(h, w))
     x = images.detach().float().reshape(-1, c, h, w).clamp(-1, 1)
     n = x.shape[0]
     rows = -(-n // columns)
