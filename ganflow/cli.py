@@ -289,8 +289,9 @@ def eval_(
         ),
     ] = None,
     n: Annotated[
-        int, typer.Option("--n", help="samples to evaluate (a .npy: its first n).")
-    ] = 2500,
+        int | None, typer.Option("--n", help="samples to evaluate (a .npy: its first n; "
+                                 "default 2500, 10000 for images: class coverage).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the samples and references.")] = 0,
     json_out: JsonOpt = None,
 ) -> None:
@@ -305,6 +306,10 @@ def eval_(
             if not cfg_path.exists():
                 raise GanflowError(f"{str(source)!r} is not a run folder: no config.json in it")
             data = data or json.loads(cfg_path.read_text())["data"]
+            if n is None:
+                from .data import load_data
+
+                n = 10000 if load_data(data).image_shape is not None else 2500
             samples = sample_run(source, n, seed=seed).double().numpy()
         elif source.suffix.lower() == ".npy":
             if data is None:
@@ -313,6 +318,10 @@ def eval_(
                 samples = np.load(source, allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise GanflowError(f"cannot read samples from {str(source)!r}: {exc}") from exc
+            if n is None:
+                from .data import load_data
+
+                n = 10000 if load_data(data).image_shape is not None else 2500
             samples = samples[:n] if samples.ndim == 2 else samples
         else:
             raise GanflowError(
