@@ -49,6 +49,9 @@ METHODS: dict[str, dict] = {
     # issue 7: no generator, 10 000 particles moved by D's drift, started from the
     # untrained generator's law (same D calibration and steps as "flow K=1 index")
     "particles": {"method": "particles", "particle_init": "generator"},
+    # the same with eps decaying like the learning rates (to 1 %): annealed moves
+    "particles annealed": {"method": "particles", "particle_init": "generator",
+                           "eps_decay": 0.01},
 }
 
 

@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
         beta1: Annotated[float, opt("--beta1", "Adam's beta1.")] = d.beta1,
         lr_decay: Annotated[float, opt("--lr-decay", "final / initial learning rate "
                                        "(linear decay over the run).")] = d.lr_decay,
+        eps_decay: Annotated[float, opt("--eps-decay", "final / initial eps (linear decay "
+                                        "over the run, as --lr-decay); anneals particles.")]
+        = d.eps_decay,
         width: Annotated[int | None, opt("--width", "hidden units per layer (default 128), "
                                          "or conv channels for image data (default 32).")]
         = d.width,
@@ -127,7 +130,7 @@ def register(app: typer.Typer) -> None:
                     data=data, method=method, divergence=divergence, eps=eps,
                     fit_steps=fit_steps, pairing=pairing, d_steps=d_steps,
                     batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, optimizer=optimizer,
-                    beta1=beta1, lr_decay=lr_decay, width=width, depth=depth,
+                    beta1=beta1, lr_decay=lr_decay, eps_decay=eps_decay, width=width, depth=depth,
                     latent_dim=latent_dim, activation=activation, seed=seed, device=device,
                     iterations=iterations,
                     eval_every=eval_every, faithful=faithful, cfl=cfl, calib_tol=calib_tol,

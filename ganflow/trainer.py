@@ -44,7 +44,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -128,6 +128,10 @@ class TrainConfig:
     # 0.02 wide, and only a decaying step lets Adam's jitter fall below that
     lr_decay: float = 0.01
     lr_decay_iters: int = 0  # 0: the run's --iterations when the run is created
+    # final eps / initial eps (linear over lr_decay_iters, as the learning rates). For
+    # particles this anneals the moves, as a decaying lr anneals a generator's Adam steps
+    # (Adam moves G by about lr whatever eps is, so a generator run hardly notices it)
+    eps_decay: float = 1.0
     # None = chosen by the data when the run is created (stored resolved in config.json):
     # width 128 (MLP) or 32 (conv channels, image data); latent dimension 2 for d <= 2,
     # 16 for images, else d; 10 000 iterations, or 3000 for images (a digits run then
@@ -190,8 +194,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise GanflowError(f"{name} must be a positive finite number, got {v!r}")
-        if not (0 < self.lr_decay <= 1):
-            raise GanflowError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        for name in ("lr_decay", "eps_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 < v <= 1):
+                raise GanflowError(f"{name} must be in (0, 1], got {v!r}")
         if not (0 <= self.beta1 < 1):
             raise GanflowError(f"beta1 must be in [0, 1), got {self.beta1!r}")
         for name in ("width", "latent_dim", "iterations"):
@@ -371,9 +377,15 @@ class _Trainer:
 
     def _set_lr(self) -> None:
         cfg = self.cfg
+        frac = min(1.0, self.iteration / max(1, cfg.lr_decay_iters))
+        if cfg.eps_decay < 1:
+            # the flow step eps follows its own linear schedule (flow time advances by the
+            # eps actually used); rebuilt only when it changes
+            eps = cfg.eps * (1.0 - (1.0 - cfg.eps_decay) * frac)
+            if eps != self.step_cfg.eps:
+                self.step_cfg = replace(self.step_cfg, eps=eps)
         if cfg.lr_decay >= 1:
             return
-        frac = min(1.0, self.iteration / max(1, cfg.lr_decay_iters))
         scale = 1.0 - (1.0 - cfg.lr_decay) * frac
         for opt, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
             for group in opt.param_groups:

@@ -189,3 +189,12 @@ def test_particles_can_start_from_the_untrained_generator(tmp_path):
     with torch.no_grad():
         expected = G0(torch.randn(cfg.particles, 2, generator=gen))  # latent 2 for 2-D data
     torch.testing.assert_close(start, expected, rtol=0, atol=0)
+
+
+def test_eps_decay_anneals_the_flow_step(tmp_path):
+    # eps_k = eps (1 - (1 - 0.5) k / 20) for k = 0..19: flow time 20 - 0.5 * 190 / 20
+    cfg = TrainConfig(**{**TINY, "iterations": 20, "eps_decay": 0.5, "lr_decay": 1.0})
+    res = train(cfg, out=tmp_path / "e", progress=False)
+    assert res.flow_time == pytest.approx(15.25, rel=1e-12)
+    with pytest.raises(GanflowError, match="eps_decay must be in"):
+        TrainConfig(eps_decay=0.0)
