@@ -336,8 +336,8 @@ def eval_(
 
 @app.command()
 def track(
-    run: Annotated[Path, typer.Argument(help="a run folder of `ganflow train --method flow` "
-                                        "on a 1-D or 2-D mixture")],
+    run: Annotated[Path, typer.Argument(help="a run folder of `ganflow train --method "
+                                        "flow|particles` on a 1-D or 2-D mixture")],
     n: Annotated[int, typer.Option("--n", help="generator samples per snapshot.")] = 5000,
     cells: Annotated[int | None, typer.Option(
         "--cells", help="PDE cells per dimension (default: resolve the finest feature).")
