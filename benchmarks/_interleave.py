@@ -73,6 +73,22 @@ def quality_row(run_dir: Path, data: str) -> dict:
             "iterations_to_quality": hit["iteration"] if hit else None}
 
 
+QUALITY_HEADER = (f"{'data':>7} {'seed':>4} {'method':>22} {'modes':>5} {'HQ%':>6} "
+                  f"{'modeKL':>7} {'energy':>8} {'W2':>6} {'ttq_s':>8} {'wall_s':>7}")
+
+
+def format_quality_row(r: dict) -> str:
+    """One line of a quality table (a :func:`quality_row` plus data, seed, method,
+    status), aligned under :data:`QUALITY_HEADER`."""
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    return (f"{r['data']:>7} {r['seed']:>4} {r['method']:>22} {f(r['modes'], 'd'):>5} "
+            f"{f(r['hq'] and 100 * r['hq'], '.1f'):>6} {f(r['mode_kl'], '.3f'):>7} "
+            f"{f(r['energy'], '.4f'):>8} {f(r['w2'], '.3f'):>6} "
+            f"{f(r['time_to_quality_s'], '.1f'):>8} {f(r['seconds'], '.1f'):>7}  {r['status']}")
+
+
 def _samples_at(run_dir: Path, iteration: int, n: int) -> np.ndarray:
     snap = run_dir / "snapshots"
     p = snap / f"P-{iteration:08d}.safetensors"

@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import RESULTS, environment
-from _interleave import plot_samples_at_times, quality_row, run_interleaved
+from _interleave import (
+    QUALITY_HEADER,
+    format_quality_row,
+    plot_samples_at_times,
+    quality_row,
+    run_interleaved,
+)
 
 from ganflow.tracking import track_run
 from ganflow.trainer import TrainConfig
@@ -116,15 +122,9 @@ def tracking(datasets, seeds, iterations, particles, n_track, root) -> list[dict
 
 
 def _print_quality(rows) -> None:
-    print(f"{'data':>7} {'seed':>4} {'method':>21} {'modes':>5} {'HQ%':>6} {'modeKL':>7} "
-          f"{'W2':>6} {'ttq_s':>7} {'wall_s':>7} status")
+    print(QUALITY_HEADER)
     for r in rows:
-        def f(v, spec):
-            return "-" if v is None else format(v, spec)
-        print(f"{r['data']:>7} {r['seed']:>4} {r['method']:>21} {f(r['modes'], 'd'):>5} "
-              f"{f(r['hq'] and 100 * r['hq'], '.1f'):>6} {f(r['mode_kl'], '.3f'):>7} "
-              f"{f(r['w2'], '.3f'):>6} {f(r['time_to_quality_s'], '.1f'):>7} "
-              f"{f(r['seconds'], '.1f'):>7} {r['status']}")
+        print(format_quality_row(r))
 
 
 def _print_tracking(rows) -> None:

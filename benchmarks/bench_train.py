@@ -32,7 +32,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _common import RESULTS, environment
-from _interleave import plot_samples_at_times, quality_row, run_interleaved
+from _interleave import (
+    QUALITY_HEADER,
+    format_quality_row,
+    plot_samples_at_times,
+    quality_row,
+    run_interleaved,
+)
 
 from ganflow.algorithm import StepConfig, algorithm_step
 from ganflow.data import load_data
@@ -121,7 +127,7 @@ def quality(datasets, seeds, methods, iterations: int, eval_every: int) -> list[
                     row = {"data": data, "seed": seed, "method": name,
                            "status": run["status"], **quality_row(run["dir"], data)}
                     block.append(row)
-                    print(_fmt_row(row), flush=True)
+                    print(format_quality_row(row), flush=True)
                 if seed == seeds[0]:
                     done = [r["seconds"] for r in block if r["seconds"]]
                     end = min(done) if done else 60.0
@@ -131,16 +137,6 @@ def quality(datasets, seeds, methods, iterations: int, eval_every: int) -> list[
                                           RESULTS / f"ttq-{data}.png")
             rows += block
     return rows
-
-
-def _fmt_row(r: dict) -> str:
-    def f(v, spec):
-        return "-" if v is None else format(v, spec)
-
-    return (f"{r['data']:>7} {r['seed']:>4} {r['method']:>22} {f(r['modes'], 'd'):>5} "
-            f"{f(r['hq'] and 100 * r['hq'], '.1f'):>6} {f(r['mode_kl'], '.3f'):>7} "
-            f"{f(r['energy'], '.4f'):>8} {f(r['w2'], '.3f'):>6} "
-            f"{f(r['time_to_quality_s'], '.1f'):>8} {f(r['seconds'], '.1f'):>7}  {r['status']}")
 
 
 def main() -> None:
@@ -163,8 +159,7 @@ def main() -> None:
               f"{ov['flow_ms']:.3f} ms/it, ratio {ov['ratio']:.3f} (median of "
               f"{ov['rounds']} interleaved rounds)", flush=True)
     if not args.overhead_only:
-        print(f"{'data':>7} {'seed':>4} {'method':>22} {'modes':>5} {'HQ%':>6} {'modeKL':>7} "
-              f"{'energy':>8} {'W2':>6} {'ttq_s':>8} {'wall_s':>7}")
+        print(QUALITY_HEADER)
         out["quality"] = quality(args.data, args.seeds, args.methods, args.iterations,
                                  args.eval_every)
         out["iterations"] = args.iterations

@@ -94,9 +94,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     trainer = _load_run(run_dir, device="cpu")
     data, cfg = trainer.data, trainer.cfg
-    n = cfg.eval_samples
-    if trainer.particles is not None:
-        n = min(n, trainer.particles.shape[0])
+    n = trainer.eval_n
     real = data.sample(n, torch.Generator().manual_seed(cfg.seed + 2)).numpy()
     what = f"{cfg.method} on {data.name}: iteration {trainer.iteration}, t = " \
            f"{trainer.flow_time:.3g}"

@@ -286,13 +286,14 @@ class _Trainer:
         self.cfg, self.run_dir, self.data = cfg, run_dir, data
         # one process unless torchrun started several (ganflow.distributed): then every
         # rank holds the same nets, draws its own batches, and gradients are averaged
-        self.ctx = ctx or DistContext(device=_parse_device(cfg.device))
+        device = _parse_device(cfg.device)  # validates the option (CUDA present, ...)
+        self.ctx = ctx or DistContext(device=device)
         check_supported(cfg, self.ctx)
         if self.ctx.world_size > 1 and cfg.method == "particles":
             raise GanflowError(
                 "--method particles is single-process for now: each rank would hold its own "
                 f"particles; run it without torchrun (world size {self.ctx.world_size})")
-        self.device = self.ctx.device if self.ctx.world_size > 1 else _parse_device(cfg.device)
+        self.device = self.ctx.device  # cuda:LOCAL_RANK under torchrun with NCCL
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             if data.image_shape is not None:
@@ -350,6 +351,12 @@ class _Trainer:
         return torch.randint(0, self.particles.shape[0], (m,), generator=self.gen).to(
             self.device)
 
+    @property
+    def eval_n(self) -> int:
+        """Samples per evaluation: ``eval_samples``, at most N for a particle run."""
+        n = self.cfg.eval_samples
+        return n if self.particles is None else min(n, self.particles.shape[0])
+
     @torch.no_grad()
     def draw(self, n: int, gen: torch.Generator, *, use_generator: bool = False) -> torch.Tensor:
         """n samples of the model: G(z), or n distinct particles (fixed by ``gen``)."""
@@ -396,9 +403,7 @@ class _Trainer:
     def sample_metrics(self, *, use_generator: bool = False) -> dict:
         """Mode metrics, energy and W2 of the model's samples against held-out data."""
         cfg = self.cfg
-        n = cfg.eval_samples
-        if self.particles is not None and not use_generator:
-            n = min(n, self.particles.shape[0])  # a subsample of the particles, if N allows
+        n = cfg.eval_samples if use_generator else self.eval_n
         # Fixed latent (or particle subset) and held-out data every time: curves are not
         # jittered by resampling, and evaluation never touches the training generator.
         fake = self.draw(n, torch.Generator().manual_seed(cfg.seed + 1),
@@ -733,7 +738,7 @@ class _Trainer:
         if self.particles is not None:
             lines.append(f"- {self.particles.shape[0]} particles (no generator), started from "
                          f"{cfg.particle_init or 'N(0, I)'}; metrics on a subsample of "
-                         f"{min(cfg.eval_samples, self.particles.shape[0])}")
+                         f"{self.eval_n}")
             distil = self.run_dir / "distil.json"
             if self.distilled and distil.exists():
                 gm = json.loads(distil.read_text())["generator"]
