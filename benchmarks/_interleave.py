@@ -8,8 +8,8 @@ public ``train(stop_at=...)`` / ``resume(stop_at=...)`` API; each run's own cloc
 slow neighbour or a checkpoint reload is never charged to it.
 
 :func:`quality_row` reads a run's final metrics and its time to quality;
-:func:`plot_samples_at_times` draws every run's samples at fixed wall times from the
-snapshots the trainer keeps at each evaluation.
+:func:`plot_samples_at_times` draws every run's samples at fixed wall times (or
+iterations) from the snapshots the trainer keeps at each evaluation.
 """
 
 from __future__ import annotations
@@ -102,8 +102,12 @@ def _samples_at(run_dir: Path, iteration: int, n: int) -> np.ndarray:
 
 
 def plot_samples_at_times(runs: dict[str, Path], data: str, times: list[float], path: Path,
-                          n: int = 2000) -> Path:
-    """Rows: runs; columns: the last evaluation at or before each wall time (seconds)."""
+                          n: int = 2000, *, by: str = "seconds") -> Path:
+    """Rows: runs; columns: the last evaluation at or before each mark.
+
+    ``by="seconds"``: the marks are wall times (time to quality); ``by="iteration"``:
+    iterations (the same sample sets of every run side by side, e.g. a divergence)."""
+    unit = {"seconds": "s", "iteration": "it"}[by]
     import matplotlib.pyplot as plt
 
     from ganflow.plots import save_figure
@@ -119,11 +123,11 @@ def plot_samples_at_times(runs: dict[str, Path], data: str, times: list[float], 
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
-            done = [r for r in rows if r["seconds"] <= t]
+            done = [r for r in rows if r[by] <= t]
             if j == 0:
                 ax.set_ylabel(name, fontsize=7)
             if i == 0:
-                ax.set_title(f"{t:g} s", fontsize=8)
+                ax.set_title(f"{t:g} {unit}", fontsize=8)
             if not done:
                 continue
             r = done[-1]

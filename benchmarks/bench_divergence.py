@@ -1,0 +1,167 @@
+r"""Benchmark 3 of the evaluation issue: the divergence phenomenon (THEORY.md section 6).
+
+Section 6 says the paper's Algorithm 1 (K = 1 fit step, index pairing: the GAN) can
+leave the gradient flow and cycle or collapse because its point-wise fit stops
+half-way, and proposes two cures: more fitting steps on the same targets (K > 1) and
+set-wise fitting (targets re-paired by an optimal assignment). This script trains
+every configuration from the SAME initialisation and seed (same networks, same first
+batches), interleaved in one process (benchmarks/_interleave.py), and reports for each
+whether it converged, collapsed or ran away, with the sample sets side by side at
+fixed iterations (``results/divergence-<data>.png``) and the number of modes and W2
+along the run (``results/divergence-<data>-curves.png``).
+
+The configurations use plain gradient descent with constant steps (``--optimizer
+sgd``, no learning-rate decay): the setting in which section 6's argument is made (a
+descent step moves G(z_i) by a fraction of the distance to its target). Adam rows
+(``ganflow train``'s optimizer, constant learning rate) are there for contrast, and a
+``particles`` row moves the samples by the same discriminator's drift with no
+generator at all (so no fit), which separates "the fit diverges" from "the drift
+diverges".
+
+Verdicts, per run, from its evaluations (modes / HQ / mode-weight KL per DESIGN.md):
+``converged`` (the bar, all modes with HQ >= 80 % and mode KL <= 0.05, holds at the
+last two evaluations), ``ran away`` (W2 to the data above 5, several times the data's
+extent: the samples left and the saturated discriminator cannot pull them back),
+``collapsed`` (at most half the modes at the end; ``peak`` in the table is the most
+modes it ever covered), otherwise ``not converged``.
+
+    python benchmarks/bench_divergence.py --json benchmarks/results/bench_divergence.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from _common import RESULTS, environment
+from _interleave import BAR, plot_samples_at_times, quality_row, run_interleaved
+
+from ganflow.data import load_data
+from ganflow.trainer import TrainConfig, read_metrics
+
+# section 6's setting: plain gradient descent, constant step sizes, eps = 1 (the paper)
+SGD = {"optimizer": "sgd", "lr_g": 0.05, "lr_d": 0.1, "lr_decay": 1.0}
+ADAM = {"optimizer": "adam", "lr_decay": 1.0}  # ganflow train's Adam, constant lr
+
+CONFIGS: dict[str, dict] = {
+    "SGD K=1 index (Alg. 1)": {**SGD},
+    "SGD K=10 index": {**SGD, "fit_steps": 10},
+    "SGD K=1 assignment": {**SGD, "pairing": "assignment"},
+    "SGD K=10 index eps=0.1": {**SGD, "fit_steps": 10, "eps": 0.1},
+    "SGD K=10 assignment eps=0.1": {**SGD, "fit_steps": 10, "pairing": "assignment",
+                                    "eps": 0.1},
+    "SGD particles (no fit)": {**SGD, "method": "particles", "particle_init": "generator"},
+    # Adam with K = 10 or assignment pairing: see bench_train.py's every-configuration
+    # table (both fail at 2000 iterations, 3 seeds)
+    "Adam K=1 index (Alg. 1)": {**ADAM},
+}
+
+RAN_AWAY_W2 = 5.0
+
+
+def verdict(rows: list[dict], n_modes: int) -> dict:
+    """Classify one run from its evaluation rows (see the module docstring)."""
+    evals = [r for r in rows if r.get("modes") is not None]
+    last = evals[-1]
+    peak = max(r["modes"] for r in evals)
+
+    def meets(r: dict) -> bool:
+        return r["modes"] == n_modes and r["hq"] >= BAR["hq"] and r["mode_kl"] <= BAR["mode_kl"]
+
+    if len(evals) >= 2 and all(meets(r) for r in evals[-2:]):
+        v = "converged"
+    elif last["w2"] > RAN_AWAY_W2:
+        v = "ran away"
+    elif last["modes"] <= n_modes // 2:
+        v = "collapsed"
+    else:
+        v = "not converged"
+    return {"verdict": v, "peak_modes": peak,
+            "modes_trace": [r["modes"] for r in evals],
+            "w2_trace": [round(r["w2"], 3) for r in evals],
+            "iterations_trace": [r["iteration"] for r in evals]}
+
+
+def plot_curves(traces: dict[str, list[dict]], n_modes: int, path: Path) -> Path:
+    """Modes and W2 against iterations, one line per (config, seed)."""
+    import matplotlib.pyplot as plt
+
+    from ganflow.plots import save_figure
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, runs) in enumerate(traces.items()):
+        for j, t in enumerate(runs):
+            kw = {"color": colors[i % len(colors)], "alpha": 0.8, "lw": 1,
+                  "label": name if j == 0 else None, "ls": ("-", "--", ":")[j % 3]}
+            a.plot(t["iterations_trace"], t["modes_trace"], **kw)
+            b.plot(t["iterations_trace"], t["w2_trace"], **kw)
+    a.axhline(n_modes, color="k", lw=0.5)
+    a.set_xlabel("iteration")
+    a.set_ylabel("modes captured")
+    b.set_xlabel("iteration")
+    b.set_ylabel("W2 to the data")
+    b.set_yscale("log")
+    a.legend(fontsize=6)
+    fig.suptitle("line style = seed (solid, dashed, dotted)", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="ring8")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--iterations", type=int, default=4000)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n_modes = load_data(args.data).mixture.n_components
+    rows: list[dict] = []
+    traces: dict[str, list[dict]] = {name: [] for name in args.configs}
+    print(f"{'seed':>4} {'config':>28} {'verdict':>13} {'peak':>4} {'modes':>5} {'HQ%':>6} "
+          f"{'modeKL':>7} {'W2':>7} {'wall_s':>7}  modes at each evaluation")
+    for seed in args.seeds:
+        cfgs = {name: TrainConfig(data=args.data, seed=seed, iterations=args.iterations,
+                                  eval_every=args.eval_every, **CONFIGS[name])
+                for name in args.configs}
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = run_interleaved(cfgs, Path(tmp), 4 * args.eval_every, log=lambda m: None)
+            for name, run in runs.items():
+                v = verdict(read_metrics(run["dir"]), n_modes)
+                row = {"data": args.data, "seed": seed, "config": name,
+                       "overrides": CONFIGS[name], "status": run["status"],
+                       **quality_row(run["dir"], args.data), **v}
+                rows.append(row)
+                traces[name].append(v)
+                print(f"{seed:>4} {name:>28} {v['verdict']:>13} {v['peak_modes']:>4} "
+                      f"{row['modes']:>5} {100 * row['hq']:>6.1f} {row['mode_kl']:>7.3f} "
+                      f"{row['w2']:>7.2f} {row['seconds']:>7.1f}  "
+                      f"{' '.join(map(str, v['modes_trace']))}", flush=True)
+            if seed == args.seeds[0]:
+                RESULTS.mkdir(exist_ok=True)
+                marks = sorted({0, args.eval_every, 2 * args.eval_every, args.iterations // 4,
+                                args.iterations // 2, args.iterations})
+                plot_samples_at_times({n: r["dir"] for n, r in runs.items()}, args.data,
+                                      marks, RESULTS / f"divergence-{args.data}.png",
+                                      by="iteration")
+    plot_curves(traces, n_modes, RESULTS / f"divergence-{args.data}-curves.png")
+    print("\nverdicts per config over seeds " + " ".join(map(str, args.seeds)) + ":")
+    for name in args.configs:
+        vs = [r["verdict"] for r in rows if r["config"] == name]
+        print(f"  {name:>28}: {', '.join(vs)}")
+    if args.json is not None:
+        out = {"env": environment(), "data": args.data, "seeds": args.seeds,
+               "iterations": args.iterations, "eval_every": args.eval_every, "rows": rows}
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
