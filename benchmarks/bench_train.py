@@ -52,6 +52,9 @@ METHODS: dict[str, dict] = {
     **{f"flow K={k} {p}": {"method": "flow", "fit_steps": k, "pairing": p}
        for k in (1, 5, 20) for p in ("index", "assignment")},
     "flow faithful": {"method": "flow", "faithful": True},
+    # Algorithm 1 on the faster flows of bench_flows.py (ganflow's extension, section 7):
+    # same K = 1 index step, the drift of the KL or chi^2 divergence instead of the JSD
+    **{f"flow {dv}": {"method": "flow", "divergence": dv} for dv in ("kl", "chi2")},
     # issue 7: no generator, 10 000 particles moved by D's drift, started from the
     # untrained generator's law (same D calibration and steps as "flow K=1 index")
     "particles": {"method": "particles", "particle_init": "generator"},
