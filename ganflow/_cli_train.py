@@ -40,8 +40,9 @@ def register(app: typer.Typer) -> None:
                                   "largest one).")] = d.eps,
         fit_steps: Annotated[int, opt("--fit-steps", "K descent steps on the same z and "
                                       "targets (K=1: the paper).")] = d.fit_steps,
-        pairing: Annotated[str, opt("--pairing", "index (the paper's MSE) or assignment "
-                                    "(optimal re-pairing).")] = d.pairing,
+        pairing: Annotated[str, opt("--pairing", "index (the paper's MSE), assignment "
+                                    "(optimal re-pairing) or energy (energy distance "
+                                    "between the sets).")] = d.pairing,
         d_steps: Annotated[int, opt("--d-steps", "discriminator steps per iteration "
                                     "(faithful: the least).")] = d.d_steps,
         batch_size: Annotated[int, opt("--batch-size", "m, samples per batch.")] = d.batch_size,

@@ -15,6 +15,7 @@ generator loss (:func:`generator_loss`):
 method     generator loss on the batch G(z_1..m)             origin
 =========  ===============================================  ==============================
 flow       (1/m) sum |G(z_i) - y_pi(i)|^2                    eq. (23), pi = pairing
+flow       energy distance({G(z_i)}, {y_j})                  pairing "energy" (section 6)
 gan        (1/m) sum ln(1 - D(G(z_i))) = -softplus(f)         saturating GAN
 gan-ns     -(1/m) sum ln D(G(z_i)) = softplus(-f)             non-saturating GAN
 =========  ===============================================  ==============================
@@ -83,6 +84,7 @@ __all__ = [
     "controlled_move",
     "discriminator_drift",
     "discriminator_loss",
+    "energy_fit_loss",
     "fit_generator",
     "gauss_newton_fit",
     "generator_loss",
@@ -90,7 +92,7 @@ __all__ = [
 ]
 
 METHODS = ("flow", "gan", "gan-ns")
-PAIRINGS = ("index", "assignment")
+PAIRINGS = ("index", "assignment", "energy")
 FIT_SOLVERS = ("gauss-newton", "optimizer")
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
@@ -139,6 +141,11 @@ class StepConfig:
         if not (isinstance(self.step_quantile, int | float) and 0 < self.step_quantile <= 1):
             raise GanflowError(f"step_quantile must be in (0, 1], got {self.step_quantile!r}")
         get_divergence(self.divergence)  # raises on an unknown name
+        if self.pairing == "energy" and self.faithful:
+            raise GanflowError(
+                "pairing 'energy' has no point-wise residual for the faithful mode's fit "
+                "tolerance: use pairing 'index' or 'assignment' with faithful=True"
+            )
         for name in ("eps", "cfl", "length_scale", "fit_tol", "calib_tol"):
             val = getattr(self, name)
             if not (isinstance(val, int | float) and math.isfinite(val) and val > 0):
@@ -296,14 +303,41 @@ def assignment_permutation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(perm, dtype=torch.long, device=y.device)
 
 
+def _smooth_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # sqrt(|a_i - b_j|^2 + tiny): differentiable at a_i = b_j (the diagonal of a set
+    # with itself), where the plain norm's gradient is NaN
+    d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
+    return (d2 + 1e-12).sqrt()
+
+
+def energy_fit_loss(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""Energy distance between the point sets {g_i} and {y_j}, up to a constant in g.
+
+    2/(m n) sum_ij |g_i - y_j| - 1/m^2 sum_ij |g_i - g_j| (the E|Y - Y'| term does not
+    depend on g and is left out): the set-wise fit of THEORY.md section 6 with a
+    discrepancy between the two point sets instead of a pairing. It is zero-gradient
+    when {g_i} = {y_j} as sets, in any order, and its second term pushes the generated
+    points apart, so it penalises collapse, which the point-wise MSE does not."""
+    m = g.shape[0]
+    cross = _smooth_distances(g, y).mean()
+    within = _smooth_distances(g, g).sum() / (m * m)
+    return 2 * cross - within
+
+
 def generator_loss(
-    method: str, *, D: nn.Module | None = None, targets: torch.Tensor | None = None
+    method: str, *, D: nn.Module | None = None, targets: torch.Tensor | None = None,
+    pairing: str = "index",
 ) -> LossFn:
-    r"""The generator loss of ``method`` as a function of the batch G(z) (table above)."""
+    r"""The generator loss of ``method`` as a function of the batch G(z) (table above).
+
+    For ``flow``, ``pairing="energy"`` gives :func:`energy_fit_loss`; any other pairing
+    the MSE to the (already re-paired) targets."""
     if method == "flow":
         if targets is None:
             raise GanflowError("method 'flow' needs targets y (push_targets), got None")
         y = targets.detach()
+        if pairing == "energy":
+            return lambda g: energy_fit_loss(g, y)
         return lambda g: (g - y).pow(2).sum(-1).mean()
     if D is None:
         raise GanflowError(f"method {method!r} needs the discriminator D, got None")
@@ -496,10 +530,12 @@ def algorithm_step(
                 return resid[0] < cfg.fit_tol * disp
 
         g_loss, g_taken = fit_generator(
-            G, opt_g, z, generator_loss("flow", targets=y), steps=cfg.fit_steps,
-            until=until, max_steps=cfg.fit_max_steps,
+            G, opt_g, z, generator_loss("flow", targets=y, pairing=cfg.pairing),
+            steps=cfg.fit_steps, until=until, max_steps=cfg.fit_max_steps,
         )
-    if not cfg.faithful:  # the residual before the last step: no extra forward pass
+    if not cfg.faithful and cfg.pairing != "energy":
+        # the residual before the last step (no extra forward pass); an energy distance
+        # is no residual, so its fit_ratio stays NaN (logged as null)
         resid[0] = math.sqrt(max(g_loss, 0.0))
     return StepInfo(
         d_loss, g_loss, d_taken, g_taken, eps,

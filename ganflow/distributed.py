@@ -40,6 +40,9 @@ set-wise fit is a sum of N independent optimal transports of size m, not one tra
 of size N x m. Each is still a valid coupling of the union batch (block diagonal), but
 not the optimal one, so the set-wise estimator is coarser - as with a one-process run
 at batch m - while its cost is N times smaller than one N x m assignment.
+Energy pairing (``pairing="energy"``) likewise compares each rank's m points with its
+own m targets: the averaged gradient is that of the mean of N energy distances of
+size m, not of one energy distance between the union sets.
 
 In a training loop, on every rank::
 

@@ -175,6 +175,11 @@ class TrainConfig:
             raise GanflowError(
                 f"unknown pairing {self.pairing!r}: expected one of {list(PAIRINGS)}"
             )
+        if self.pairing == "energy" and self.faithful:
+            raise GanflowError(
+                "pairing 'energy' has no point-wise residual for the faithful mode's fit "
+                "tolerance: use pairing 'index' or 'assignment' with faithful=True"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise GanflowError(
                 f"unknown optimizer {self.optimizer!r}: expected one of {list(OPTIMIZERS)}"

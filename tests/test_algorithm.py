@@ -14,6 +14,7 @@ from ganflow.algorithm import (
     algorithm_step,
     assignment_permutation,
     calibrate_discriminator,
+    energy_fit_loss,
     fit_generator,
     gauss_newton_fit,
     generator_loss,
@@ -103,6 +104,60 @@ def test_assignment_permutation_is_optimal():
     y = x[perm_true] + 1e-3  # y shuffled: the optimal pairing undoes the shuffle
     perm = assignment_permutation(x, y)
     torch.testing.assert_close(y[perm], x + 1e-3)
+
+
+def _energy_distance_numpy(x, y):
+    """V-statistic energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'|, brute force in numpy."""
+    import numpy as np
+
+    def mean_dist(a, b):
+        return np.mean(np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)))
+
+    x, y = x.numpy(), y.numpy()
+    return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+
+
+def test_energy_fit_loss_is_the_energy_distance_up_to_a_constant():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(50, 2, generator=gen, dtype=torch.float64) + 0.7
+    yy = float(torch.cdist(y, y).mean())  # the term left out: it does not depend on x
+    # 1e-12 under the square root shifts each of ~4500 distances by at most 1e-6: the
+    # diagonal terms (distance 0) by exactly 1e-6 each, 40 of 1600 in the x-x mean
+    assert abs(float(energy_fit_loss(x, y)) - yy - _energy_distance_numpy(x, y)) < 1e-6
+    assert float(energy_fit_loss(x, y)) - yy > 0.05  # different laws: clearly positive
+
+
+def test_energy_fit_loss_is_stationary_at_any_reordering_of_the_targets():
+    # the set-wise fit: G(z_i) = y_pi(i) for ANY permutation pi is a critical point, and
+    # moving the set away from the targets (a shift, or a collapse) raises the loss
+    gen = torch.Generator().manual_seed(6)
+    y = torch.randn(30, 2, generator=gen, dtype=torch.float64)
+    x = y[torch.randperm(30, generator=gen)].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy_fit_loss(x, y), x)
+    # each gradient row is a difference of two sums of 30 unit vectors / 30^2, equal
+    # up to the 1e-12 smoothing: far below 1e-8
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-8)
+    at_targets = float(energy_fit_loss(y, y))
+    assert float(energy_fit_loss(y + 0.1, y)) > at_targets
+    assert float(energy_fit_loss(y.mean(0).expand(30, 2) + 0 * y, y)) > at_targets + 0.1
+
+
+def test_energy_pairing_trains_and_refuses_the_faithful_mode():
+    G, D = _nets()
+    opt_g = torch.optim.SGD(G.parameters(), lr=0.05)
+    opt_d = torch.optim.SGD(D.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    info = algorithm_step(
+        G, D, opt_g, opt_d,
+        lambda m: torch.randn(m, 2, generator=gen, dtype=torch.float64) + 2.0,
+        lambda m: torch.randn(m, 2, generator=gen, dtype=torch.float64),
+        StepConfig(pairing="energy", fit_steps=3, batch_size=64),
+    )
+    assert info.fit_steps == 3 and math.isfinite(info.g_loss)
+    assert math.isnan(info.fit_ratio)  # an energy distance is no point-wise residual
+    with pytest.raises(GanflowError, match="energy"):
+        StepConfig(pairing="energy", faithful=True)
 
 
 # ------------------------------------------------------------------ oracle test
