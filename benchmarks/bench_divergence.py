@@ -17,7 +17,8 @@ descent step moves G(z_i) by a fraction of the distance to its target). Adam row
 (``ganflow train``'s optimizer, constant learning rate) are there for contrast, and a
 ``particles`` row moves the samples by the same discriminator's drift with no
 generator at all (so no fit), which separates "the fit diverges" from "the drift
-diverges".
+diverges"; the ``+ R1`` rows change D instead of the fit (``--d-penalty 1``: an R1
+gradient penalty on the data, not in the paper).
 
 Verdicts, per run, from its evaluations (modes / HQ / mode-weight KL per DESIGN.md):
 ``converged`` (the bar, all modes with HQ >= 80 % and mode KL <= 0.05, holds at the
@@ -57,6 +58,10 @@ CONFIGS: dict[str, dict] = {
     "SGD K=10 assignment eps=0.1": {**SGD, "fit_steps": 10, "pairing": "assignment",
                                     "eps": 0.1},
     "SGD particles (no fit)": {**SGD, "method": "particles", "particle_init": "generator"},
+    # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
+    "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
+    "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},
+    "SGD K=1 assignment + R1": {**SGD, "pairing": "assignment", "d_penalty": 1.0},
     # Adam with K = 10 or assignment pairing: see bench_train.py's every-configuration
     # table (both fail at 2000 iterations, 3 seeds)
     "Adam K=1 index (Alg. 1)": {**ADAM},
@@ -123,9 +128,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=4000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the figure names (a partial run)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tag = f"-{args.tag}" if args.tag else ""
     n_modes = load_data(args.data).mixture.n_components
     rows: list[dict] = []
     traces: dict[str, list[dict]] = {name: [] for name in args.configs}
@@ -153,9 +160,9 @@ def main() -> None:
                 marks = sorted({0, args.eval_every, 2 * args.eval_every, args.iterations // 4,
                                 args.iterations // 2, args.iterations})
                 plot_samples_at_times({n: r["dir"] for n, r in runs.items()}, args.data,
-                                      marks, RESULTS / f"divergence-{args.data}.png",
+                                      marks, RESULTS / f"divergence-{args.data}{tag}.png",
                                       by="iteration")
-    plot_curves(traces, n_modes, RESULTS / f"divergence-{args.data}-curves.png")
+    plot_curves(traces, n_modes, RESULTS / f"divergence-{args.data}{tag}-curves.png")
     print("\nverdicts per config over seeds " + " ".join(map(str, args.seeds)) + ":")
     for name in args.configs:
         vs = [r["verdict"] for r in rows if r["config"] == name]

@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
                                     "between the sets).")] = d.pairing,
         d_steps: Annotated[int, opt("--d-steps", "discriminator steps per iteration "
                                     "(faithful: the least).")] = d.d_steps,
+        d_penalty: Annotated[float, opt("--d-penalty", "gamma of an R1 gradient penalty "
+                                        "(gamma/2) E_data |grad f|^2 on D; 0: off.")
+                             ] = d.d_penalty,
         batch_size: Annotated[int, opt("--batch-size", "m, samples per batch.")] = d.batch_size,
         lr_g: Annotated[float, opt("--lr-g", "generator learning rate.")] = d.lr_g,
         lr_d: Annotated[float, opt("--lr-d", "discriminator learning rate.")] = d.lr_d,
@@ -129,7 +132,7 @@ def register(app: typer.Typer) -> None:
             else:
                 cfg = tr.TrainConfig(
                     data=data, method=method, divergence=divergence, eps=eps,
-                    fit_steps=fit_steps, pairing=pairing, d_steps=d_steps,
+                    fit_steps=fit_steps, pairing=pairing, d_steps=d_steps, d_penalty=d_penalty,
                     batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, optimizer=optimizer,
                     beta1=beta1, lr_decay=lr_decay, eps_decay=eps_decay, width=width, depth=depth,
                     latent_dim=latent_dim, activation=activation, seed=seed, device=device,

@@ -125,6 +125,7 @@ class StepConfig:
     fit_max_steps: int = 20
     step_quantile: float = 0.9
     fit_solver: str = "optimizer"
+    d_penalty: float = 0.0
     length_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -141,6 +142,10 @@ class StepConfig:
         if not (isinstance(self.step_quantile, int | float) and 0 < self.step_quantile <= 1):
             raise GanflowError(f"step_quantile must be in (0, 1], got {self.step_quantile!r}")
         get_divergence(self.divergence)  # raises on an unknown name
+        if not (isinstance(self.d_penalty, int | float) and math.isfinite(self.d_penalty)
+                and self.d_penalty >= 0):
+            raise GanflowError(
+                f"d_penalty must be a finite number >= 0 (0: off), got {self.d_penalty!r}")
         if self.pairing == "energy" and self.faithful:
             raise GanflowError(
                 "pairing 'energy' has no point-wise residual for the faithful mode's fit "
@@ -191,6 +196,7 @@ def calibrate_discriminator(
     steps: int = 1,
     tol: float | None = None,
     max_steps: int | None = None,
+    penalty: float = 0.0,
 ) -> tuple[float, int]:
     r"""Train the logit f = D on the logistic loss (21); returns (last loss, steps taken).
 
@@ -200,6 +206,10 @@ def calibrate_discriminator(
         tol: if given, continue after ``steps`` until the loss on a held-out check batch
             (drawn once here) fell by less than ``tol`` relative over the last 5 steps, at
             most ``max_steps`` steps in all: the faithful mode's calibration criterion.
+        penalty: gamma of the R1 gradient penalty (gamma / 2) E_data |grad_x f|^2 added
+            to (21) (Mescheder et al. 2018; not in the paper). It keeps grad f, hence the
+            drift (20), from growing without bound on the data; 0: off. The returned loss
+            is the logistic loss alone, comparable with and without the penalty.
     """
     check = None
     if tol is not None:
@@ -212,8 +222,15 @@ def calibrate_discriminator(
     while taken < cap:
         x, y = sample_real(), sample_fake()
         opt_d.zero_grad(set_to_none=True)
-        loss = discriminator_loss(D(x), D(y))
-        loss.backward()
+        if penalty > 0:
+            x = x.detach().requires_grad_(True)
+            f_real = D(x)
+            (grad_x,) = torch.autograd.grad(f_real.sum(), x, create_graph=True)
+            loss = discriminator_loss(f_real, D(y))
+            (loss + 0.5 * penalty * grad_x.pow(2).sum(-1).mean()).backward()
+        else:
+            loss = discriminator_loss(D(x), D(y))
+            loss.backward()
         opt_d.step()
         taken += 1
         if check is not None:
@@ -495,6 +512,7 @@ def algorithm_step(
     d_loss, d_taken = calibrate_discriminator(
         D, opt_d, lambda: sample_data(m), fake, steps=cfg.d_steps,
         tol=cfg.calib_tol if cfg.faithful else None, max_steps=cfg.calib_max_steps,
+        penalty=cfg.d_penalty,
     )
     # step 3: fresh z
     z = sample_latent(m)

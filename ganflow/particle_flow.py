@@ -64,6 +64,7 @@ def particle_step(
     d_loss, d_taken = calibrate_discriminator(
         D, opt_d, lambda: sample_data(m), lambda: particles[pick(m)], steps=cfg.d_steps,
         tol=cfg.calib_tol if cfg.faithful else None, max_steps=cfg.calib_max_steps,
+        penalty=cfg.d_penalty,
     )
     drift = discriminator_drift(D, particles, divergence=cfg.divergence, chunk=chunk)
     move, eps = controlled_move(drift, cfg)

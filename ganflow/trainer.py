@@ -117,6 +117,9 @@ class TrainConfig:
     fit_steps: int = 1
     pairing: str = "index"
     d_steps: int = 1
+    # gamma of an R1 penalty (gamma/2) E_data |grad f|^2 on D; 0 = off (the paper). On
+    # ring8 with SGD it stops the collapse and the runaway (benchmarks/bench_divergence.py)
+    d_penalty: float = 0.0
     # 512, not 256: with 256 one seed in five (seed 4) kept a mode-weight KL of 0.13; a
     # larger batch estimates the mode weights, which the flow must balance, better
     batch_size: int = 512
@@ -175,6 +178,10 @@ class TrainConfig:
             raise GanflowError(
                 f"unknown pairing {self.pairing!r}: expected one of {list(PAIRINGS)}"
             )
+        if not (isinstance(self.d_penalty, int | float) and math.isfinite(self.d_penalty)
+                and self.d_penalty >= 0):
+            raise GanflowError(
+                f"d_penalty must be a finite number >= 0 (0: off), got {self.d_penalty!r}")
         if self.pairing == "energy" and self.faithful:
             raise GanflowError(
                 "pairing 'energy' has no point-wise residual for the faithful mode's fit "

@@ -160,6 +160,33 @@ def test_energy_pairing_trains_and_refuses_the_faithful_mode():
         StepConfig(pairing="energy", faithful=True)
 
 
+def test_r1_penalty_adds_gamma_w_to_a_linear_logits_gradient():
+    # f(x) = w.x + b has grad_x f = w everywhere, so (gamma/2) E|grad f|^2 = gamma/2 |w|^2
+    # and its gradient is gamma * w (b untouched): one SGD step with the penalty differs
+    # from one without by exactly -lr * gamma * w
+    gen = torch.Generator().manual_seed(2)
+    real = torch.randn(32, 3, generator=gen, dtype=torch.float64)
+    fake = torch.randn(32, 3, generator=gen, dtype=torch.float64) + 1.0
+    after = {}
+    for gamma in (0.0, 0.7):
+        torch.manual_seed(0)
+        D = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)).double()
+        w0 = D[0].weight.detach().clone()
+        opt = torch.optim.SGD(D.parameters(), lr=0.1)
+        loss, taken = calibrate_discriminator(D, opt, lambda: real, lambda: fake,
+                                              steps=1, penalty=gamma)
+        after[gamma] = (D[0].weight.detach().clone(), D[0].bias.detach().clone(), loss)
+    torch.testing.assert_close(after[0.7][0] - after[0.0][0], -0.1 * 0.7 * w0, **F64_TOL)
+    torch.testing.assert_close(after[0.7][1], after[0.0][1], rtol=0, atol=0)
+    assert after[0.7][2] == after[0.0][2]  # the reported loss is the logistic loss alone
+
+
+def test_d_penalty_rejects_bad_values():
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(GanflowError, match="d_penalty"):
+            StepConfig(d_penalty=bad)
+
+
 # ------------------------------------------------------------------ oracle test
 class _OracleKL(nn.Module):
     r"""Exact logit f = ln rho_d - ln rho_G for rho_d = N(0, 1) and the affine generator

@@ -40,6 +40,7 @@ def _weights(run_dir):
     {"method": "gan-ns", "lr_decay": 0.1},  # a baseline with a learning-rate schedule
     {"faithful": True, "eps": 0.5, "pairing": "assignment", "fit_steps": 2},
     {"faithful": True, "eps": 0.5, "fit_solver": "gauss-newton", "step_quantile": 1.0},
+    {"pairing": "energy", "d_penalty": 1.0},  # the set-wise loss and D's R1 penalty
 ])
 def test_resume_gives_the_same_metrics(tmp_path, extra):
     cfg = TrainConfig(**TINY, **extra)
@@ -116,6 +117,10 @@ def test_nothing_overwritten_and_bad_options(tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(GanflowError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")
+    with pytest.raises(GanflowError, match="d_penalty must be a finite number >= 0"):
+        TrainConfig(d_penalty=-0.5)
+    with pytest.raises(GanflowError, match="pairing 'energy'"):
+        TrainConfig(pairing="energy", faithful=True)
     with pytest.raises(GanflowError, match="unknown data"):
         train(TrainConfig(**{**TINY, "data": "spiral"}), out=tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()
