@@ -25,7 +25,8 @@ Verdicts, per run, from its evaluations (modes / HQ / mode-weight KL per DESIGN.
 last two evaluations), ``ran away`` (W2 to the data above 5, several times the data's
 extent: the samples left and the saturated discriminator cannot pull them back),
 ``collapsed`` (at most half the modes at the end; ``peak`` in the table is the most
-modes it ever covered), otherwise ``not converged``.
+modes it ever covered), ``diverged`` (a NaN/Inf stopped the trainer), otherwise ``not
+converged``.
 
     python benchmarks/bench_divergence.py --json benchmarks/results/bench_divergence.json
 """
@@ -146,6 +147,8 @@ def main() -> None:
             runs = run_interleaved(cfgs, Path(tmp), 4 * args.eval_every, log=lambda m: None)
             for name, run in runs.items():
                 v = verdict(read_metrics(run["dir"]), n_modes)
+                if run["status"].startswith("error"):  # NaN/Inf: the trainer stopped it
+                    v["verdict"] = "diverged"
                 row = {"data": args.data, "seed": seed, "config": name,
                        "overrides": CONFIGS[name], "status": run["status"],
                        **quality_row(run["dir"], args.data), **v}
