@@ -55,6 +55,9 @@ METHODS: dict[str, dict] = {
     # Algorithm 1 on the faster flows of bench_flows.py (ganflow's extension, section 7):
     # same K = 1 index step, the drift of the KL or chi^2 divergence instead of the JSD
     **{f"flow {dv}": {"method": "flow", "divergence": dv} for dv in ("kl", "chi2")},
+    # D regularised by an R1 penalty (--d-penalty 0.1; Mescheder et al. 2018, not in the
+    # paper), for Algorithm 1 and for both GAN baselines alike
+    **{f"{m} R1": {"method": m, "d_penalty": 0.1} for m in ("flow", "gan", "gan-ns")},
     # issue 7: no generator, 10 000 particles moved by D's drift, started from the
     # untrained generator's law (same D calibration and steps as "flow K=1 index")
     "particles": {"method": "particles", "particle_init": "generator"},
