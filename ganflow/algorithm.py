@@ -81,6 +81,7 @@ __all__ = [
     "algorithm_step",
     "assignment_permutation",
     "calibrate_discriminator",
+    "check_penalty_and_pairing",
     "controlled_move",
     "discriminator_drift",
     "discriminator_loss",
@@ -97,6 +98,17 @@ FIT_SOLVERS = ("gauss-newton", "optimizer")
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 _CALIB_WINDOW = 5
+
+
+def check_penalty_and_pairing(d_penalty: float, pairing: str, faithful: bool) -> None:
+    """Validate the options shared by :class:`StepConfig` and the trainer's config."""
+    if not (isinstance(d_penalty, int | float) and math.isfinite(d_penalty) and d_penalty >= 0):
+        raise GanflowError(f"d_penalty must be a finite number >= 0 (0: off), got {d_penalty!r}")
+    if pairing == "energy" and faithful:
+        raise GanflowError(
+            "pairing 'energy' has no point-wise residual for the faithful mode's fit "
+            "tolerance: use pairing 'index' or 'assignment' with faithful=True"
+        )
 
 
 @dataclass(frozen=True)
@@ -142,15 +154,7 @@ class StepConfig:
         if not (isinstance(self.step_quantile, int | float) and 0 < self.step_quantile <= 1):
             raise GanflowError(f"step_quantile must be in (0, 1], got {self.step_quantile!r}")
         get_divergence(self.divergence)  # raises on an unknown name
-        if not (isinstance(self.d_penalty, int | float) and math.isfinite(self.d_penalty)
-                and self.d_penalty >= 0):
-            raise GanflowError(
-                f"d_penalty must be a finite number >= 0 (0: off), got {self.d_penalty!r}")
-        if self.pairing == "energy" and self.faithful:
-            raise GanflowError(
-                "pairing 'energy' has no point-wise residual for the faithful mode's fit "
-                "tolerance: use pairing 'index' or 'assignment' with faithful=True"
-            )
+        check_penalty_and_pairing(self.d_penalty, self.pairing, self.faithful)
         for name in ("eps", "cfl", "length_scale", "fit_tol", "calib_tol"):
             val = getattr(self, name)
             if not (isinstance(val, int | float) and math.isfinite(val) and val > 0):

@@ -52,7 +52,15 @@ from safetensors.torch import load_file, save_file
 
 from ._errors import GanflowError
 from ._io import write_bytes_atomic, write_json_atomic
-from .algorithm import FIT_SOLVERS, METHODS, PAIRINGS, StepConfig, StepInfo, algorithm_step
+from .algorithm import (
+    FIT_SOLVERS,
+    METHODS,
+    PAIRINGS,
+    StepConfig,
+    StepInfo,
+    algorithm_step,
+    check_penalty_and_pairing,
+)
 from .data import Dataset, load_data
 from .distributed import (
     DistContext,
@@ -178,15 +186,7 @@ class TrainConfig:
             raise GanflowError(
                 f"unknown pairing {self.pairing!r}: expected one of {list(PAIRINGS)}"
             )
-        if not (isinstance(self.d_penalty, int | float) and math.isfinite(self.d_penalty)
-                and self.d_penalty >= 0):
-            raise GanflowError(
-                f"d_penalty must be a finite number >= 0 (0: off), got {self.d_penalty!r}")
-        if self.pairing == "energy" and self.faithful:
-            raise GanflowError(
-                "pairing 'energy' has no point-wise residual for the faithful mode's fit "
-                "tolerance: use pairing 'index' or 'assignment' with faithful=True"
-            )
+        check_penalty_and_pairing(self.d_penalty, self.pairing, self.faithful)
         if self.optimizer not in OPTIMIZERS:
             raise GanflowError(
                 f"unknown optimizer {self.optimizer!r}: expected one of {list(OPTIMIZERS)}"
