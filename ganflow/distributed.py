@@ -1,4 +1,4 @@
-r"""Data-parallel training through ``torch.distributed`` (issue 6): one process per rank,
+r"""Data-parallel training through ``torch.distributed``: one process per rank,
 launched by ``torchrun``; nothing here starts or supervises processes.
 
 Launching::
@@ -97,6 +97,7 @@ from torch import nn
 from ._errors import GanflowError
 
 __all__ = [
+    "STOP_SIGNALS",
     "DistContext",
     "attach",
     "check_supported",
@@ -106,6 +107,11 @@ __all__ = [
     "setup_from_env",
     "shutdown",
 ]
+
+
+# the signals a training loop treats as Ctrl-C (stop between iterations, checkpoint):
+# SIGTERM is how job schedulers, `docker stop` and `kill` ask a process to end
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -461,7 +467,8 @@ def attach(
         ctx: the run's context (default: :func:`setup_from_env` of the environment).
         flatten: one all-reduce per step on a flat buffer of all gradients (default)
             rather than one per parameter tensor. Numerically the same (an elementwise
-            sum); fewer, larger messages (measured in tests/_dist_worker.py's benchmark).
+            sum); fewer, larger messages pay the per-message latency once per step
+            instead of once per tensor (benchmarks/README.md, ``bench_distributed.py``).
 
     Returns the hook's handle (``.remove()`` detaches it), or None when single-process
     (nothing is registered). ``handle.stats`` counts the calls and the seconds spent.
