@@ -1,6 +1,6 @@
 r"""Divergences between densities (known ones, or a KDE of samples), and sample kernels.
 
-Re-exported by :mod:`ganflow.metrics`. JSD and L1/TV follow THEORY.md section 1:
+Re-exported by :mod:`ganflow.metrics`. JSD and L1/TV follow docs/theory.md section 1:
 
     JSD(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m),  m = (p + q)/2,  0 <= JSD <= ln 2,
     ||p - q||_1 = 2 TV(p, q).
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ._errors import GanflowError
+from ._pairwise import pair_sums
 from .grid import Grid
 from .kde import kde_log_density, resolve_bandwidth
 from .pde import jsd_on_grid, l1_on_grid
@@ -166,16 +167,17 @@ def mmd(x, y, bandwidths=(0.1, 0.5, 1.0, 2.0)) -> dict[float, float]:
     if a.shape[1] != b.shape[1]:
         raise GanflowError(f"x and y must have the same dimension, got {a.shape[1]}, {b.shape[1]}")
     n, k = len(a), len(b)
-    daa, dbb, dab = (torch.cdist(a, a) ** 2, torch.cdist(b, b) ** 2, torch.cdist(a, b) ** 2)
-    out = {}
-    for s in bandwidths:
-        s = float(s)
+    scales = [float(s) for s in bandwidths]
+    for s in scales:
         if not s > 0:
             raise GanflowError(f"MMD bandwidths must be positive, got {s!r}")
-        kaa = torch.exp(-daa / (2 * s * s))
-        kbb = torch.exp(-dbb / (2 * s * s))
-        kab = torch.exp(-dab / (2 * s * s))
-        val = (kaa.sum() - n) / (n * (n - 1)) + (kbb.sum() - k) / (k * (k - 1)) - 2 * kab.mean()
+    # in tiles (ganflow._pairwise), every bandwidth per tile: memory flat in n and k
+    kernels = [lambda d, s=s: torch.exp(-(d ** 2) / (2 * s * s)) for s in scales]
+    saa, sbb, sab = pair_sums(a, None, kernels), pair_sums(b, None, kernels), pair_sums(
+        a, b, kernels)
+    out = {}
+    for s, kaa, kbb, kab in zip(scales, saa, sbb, sab, strict=True):
+        val = (kaa - n) / (n * (n - 1)) + (kbb - k) / (k * (k - 1)) - 2 * kab / (n * k)
         out[s] = float(val)
     return out
 

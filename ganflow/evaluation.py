@@ -70,7 +70,8 @@ def evaluate_samples(
     (``Dataset.image_shape``; samples are flat images in [-1, 1]) no KDE, but the metrics
     of :func:`ganflow.features.image_metrics` (``frechet_distance``, ``kernel_distance``,
     ``precision``, ``recall`` with floors, ``class_coverage`` over all the samples,
-    ``class_kl``, ``classifier_accuracy``).
+    ``class_kl``, ``classifier_accuracy``; without labels, random conv features and no
+    class metrics: :func:`ganflow.features.random_feature_net`).
     """
     ds = load_data(data)
     x = _as_samples(samples, ds.dim)
@@ -162,12 +163,18 @@ def format_evaluation(res: dict) -> str:
     if "kde_loglik" in res:
         row("KDE log-lik (nats)", res["kde_loglik"], res["kde_loglik_floor"])
     if "frechet_distance" in res:
-        lines.append(f"image metrics in the features of ganflow's classifier (held-out "
-                     f"accuracy {100 * res['classifier_accuracy']:.1f} %), {res['n_fake']} "
+        labelled = res.get("classifier_accuracy") is not None
+        where = (f"ganflow's classifier (held-out accuracy "
+                 f"{100 * res['classifier_accuracy']:.1f} %)" if labelled else
+                 "a fixed random conv net (the data has no labels to train a classifier)")
+        lines.append(f"image metrics in the features of {where}, {res['n_fake']} "
                      f"generated vs {res['n_real']} real images:")
         for key in ("frechet_distance", "kernel_distance", "precision", "recall"):
             row(key, res[key], res[f"{key}_floor"])
-        lines.append(f"class coverage over all {res['n_coverage']} samples:")
-        row(f"classes found (/{res['n_classes']})", res["class_coverage"])
-        row("class histogram KL", res["class_kl"])
+        if labelled:
+            lines.append(f"class coverage over all {res['n_coverage']} samples:")
+            row(f"classes found (/{res['n_classes']})", res["class_coverage"])
+            row("class histogram KL", res["class_kl"])
+        else:
+            lines.append("class coverage, class KL: unavailable (no labels)")
     return "\n".join(lines)

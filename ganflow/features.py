@@ -1,4 +1,4 @@
-r"""Image metrics with a feature network of our own (issue 5).
+r"""Image metrics with a feature network of our own.
 
 The Inception network of FID cannot be downloaded here, and it was never meant for 8x8
 digits, so the features are the penultimate activations of a small CNN classifier that
@@ -24,7 +24,10 @@ version, architecture) in :func:`cache_dir`: ``$GANFLOW_CACHE`` if set, else
 hash of the images and labels, the seed and the classifier version, so a changed data set
 or recipe trains a new classifier. Both files are written atomically; the folder is safe
 to delete at any time (the classifier is retrained, deterministically, on next use), and
-an unreadable or inconsistent cache entry is retrained and overwritten, never fatal.
+an unreadable or inconsistent cache entry is retrained and overwritten, never fatal. An
+unwritable cache folder is not fatal either: one warning, and the classifier is kept in
+memory for the rest of the process. Image data without labels gets no classifier: its
+metrics use :func:`random_feature_net`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from torch import nn
 
 from ._errors import GanflowError
 from ._io import write_bytes_atomic, write_json_atomic
+from ._pairwise import inside_any_ball, kth_nn_distance
 from .data import Dataset
 from .images import LabelledImages, labelled_images
 
@@ -55,6 +59,7 @@ __all__ = [
     "cache_dir",
     "train_classifier",
     "feature_net",
+    "random_feature_net",
     "frechet_distance",
     "kernel_distance",
     "class_coverage",
@@ -94,8 +99,8 @@ class Classifier(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
         self.conv = nn.Sequential(*layers)
-        # Dropout before the dense layer: measured on digits (5 seeds), the held-out
-        # accuracy's minimum rose from 96.4 % to 97.8 %.
+        # Dropout before the dense layer: it regularises the small classifier, so its
+        # held-out accuracy varies less from seed to seed.
         self.feature = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.3), nn.Linear(ch * h * w, FEATURE_DIM), nn.ReLU()
         )
@@ -315,6 +320,8 @@ def feature_net(data: str | Path | Dataset | LabelledImages, *, seed: int = 0,
     key = f"classifier-{arrays.name}-{digest[:16]}-s{int(seed)}-v{CLASSIFIER_VERSION}"
     weights, meta_path = cache_dir() / f"{key}.safetensors", cache_dir() / f"{key}.json"
     if cache:
+        if key in _unsaved:
+            return _unsaved[key]
         hit = _load_cached(weights, meta_path, expected, arrays.images.shape[1:], n_classes)
         if hit is not None:
             return hit
@@ -323,12 +330,61 @@ def feature_net(data: str | Path | Dataset | LabelledImages, *, seed: int = 0,
         from safetensors.torch import save
 
         state = {k: v.contiguous() for k, v in net.model.state_dict().items()}
-        # Weights first, sidecar last: a sidecar only exists next to complete weights.
-        write_bytes_atomic(weights, save(state))
-        write_json_atomic(meta_path, {**expected, "accuracy": net.accuracy,
-                                      "train_seconds": round(net.train_seconds, 3),
-                                      "ganflow_version": _version()})
+        try:
+            # Weights first, sidecar last: a sidecar only exists next to complete weights.
+            write_bytes_atomic(weights, save(state))
+            write_json_atomic(meta_path, {**expected, "accuracy": net.accuracy,
+                                          "train_seconds": round(net.train_seconds, 3),
+                                          "ganflow_version": _version()})
+        except OSError as exc:
+            # an unwritable cache ($GANFLOW_CACHE read-only, full, or under a file) never
+            # costs the run or the evaluation: the classifier is kept in memory instead
+            _unsaved[key] = net
+            _warn_cache_once(f"warning: classifier cache {str(cache_dir())!r} is not writable "
+                             f"({exc.strerror or exc}); continuing without caching "
+                             "(set $GANFLOW_CACHE to a writable folder)")
     return net
+
+
+_warned: set[str] = set()
+# classifiers whose cache write failed, by cache key: a trainer evaluating every
+# --eval-every iterations must not retrain one each time
+_unsaved: dict[str, FeatureNet] = {}
+
+
+def _warn_cache_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def random_feature_net(data: str | Path | Dataset | LabelledImages, *,
+                       seed: int = 0) -> FeatureNet:
+    r"""The feature network of image data WITHOUT labels (a folder of PNGs, an unlabelled
+    ``.npy``): the :class:`Classifier` architecture with its seeded random initial weights,
+    untrained, ``feature_scale`` set to the RMS of its features on the data's images (as
+    :func:`train_classifier` does). Deterministic, instant, nothing cached.
+
+    Why random conv features rather than raw pixels (or their PCA): they keep the metrics'
+    code path and feature width (:data:`FEATURE_DIM`) and, being local, translation-aware
+    filters, compare images by local structure rather than pixel by pixel; randomly
+    initialised CNN embeddings are known to give usable Frechet distances and k-NN
+    precision/recall (Naeem et al. 2020). Their values are NOT comparable with those in the
+    trained classifier's features (``image_metrics`` says which were used), and nothing
+    class-based (coverage, class KL, accuracy) can be computed without labels."""
+    arrays = data if isinstance(data, LabelledImages) else labelled_images(data)
+    x = torch.as_tensor(np.asarray(arrays.images, dtype=np.float32))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(tuple(x.shape[1:]), 1).eval()
+    with torch.no_grad():
+        rows = x[:5000]
+        sq = sum(float((model._raw_features(rows[i:i + 1024]).double() ** 2).sum())
+                 for i in range(0, len(rows), 1024))
+        rms = math.sqrt(sq / (max(len(rows), 1) * FEATURE_DIM))
+        model.feature_scale.fill_(rms if rms > 0 else 1.0)
+    return FeatureNet(model, math.nan, arrays.name, _data_hash(arrays.images, None),
+                      int(seed), 0.0, False)
 
 
 # ------------------------------------------------------------------ statistics
@@ -434,22 +490,6 @@ def class_coverage(logits_or_probs, *, n_classes: int | None = None,
     return Coverage(found, kl, share.tolist())
 
 
-def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    out = []
-    for i in range(0, len(x), chunk):
-        d = torch.cdist(x[i:i + chunk], x)
-        # k + 1: the nearest "neighbour" of a point in its own set is itself at distance 0.
-        out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
-    return torch.cat(out)
-
-
-def _inside_any_ball(q: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-                     chunk: int = 2048) -> torch.Tensor:
-    hits = [(torch.cdist(q[i:i + chunk], centres) <= radii[None]).any(1)
-            for i in range(0, len(q), chunk)]
-    return torch.cat(hits)
-
-
 def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
     r"""Improved precision and recall (Kynkaanniemi et al. 2019). Each set's manifold is the
     union of balls around its points with radius the distance to the k-th nearest neighbour
@@ -463,8 +503,9 @@ def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
             f"got {k!r}"
         )
     ra, rb = torch.from_numpy(a), torch.from_numpy(b)
-    precision = float(_inside_any_ball(rb, ra, _kth_nn_radius(ra, k)).double().mean())
-    recall = float(_inside_any_ball(ra, rb, _kth_nn_radius(rb, k)).double().mean())
+    # in tiles (ganflow._pairwise): memory flat in the set sizes
+    precision = float(inside_any_ball(rb, ra, kth_nn_distance(ra, k)).double().mean())
+    recall = float(inside_any_ball(ra, rb, kth_nn_distance(rb, k)).double().mean())
     return precision, recall
 
 
@@ -472,7 +513,7 @@ def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
 def image_metrics(fake_images_flat, data: str | Path | Dataset, *, seed: int = 0,
                   n: int | None = None, kid_subset_size: int = 1000, k: int = 3) -> dict:
     r"""Every image metric of generated images (n_fake, C*H*W) in [-1, 1] against ``data``
-    (an image spec or Dataset with labels), as a JSON-ready dict.
+    (an image spec or Dataset, labelled or not), as a JSON-ready dict.
 
     Protocol: the real images are split by a seeded permutation into two disjoint halves A
     and B; ``n`` images of each (default ``min(n_fake, N // 2)``) are used, and the first
@@ -482,25 +523,34 @@ def image_metrics(fake_images_flat, data: str | Path | Dataset, *, seed: int = 0
     ``kernel_distance``, ``precision``, ``recall``, their ``*_floor``, ``class_coverage``
     (classes found among ALL the fake images, ``n_coverage`` of them:
     :func:`class_coverage`), ``class_kl``, ``n_classes``,
-    ``classifier_accuracy`` (held out), ``n_fake``, ``n_real``, ``feature_dim``, ``seed``.
+    ``classifier_accuracy`` (held out), ``n_fake``, ``n_real``, ``feature_dim``, ``seed``,
+    ``features`` (which network). Data WITHOUT labels is measured in the features of
+    :func:`random_feature_net` instead, and the class-based entries (``class_coverage``,
+    ``class_kl``, ``n_classes``, ``classifier_accuracy``) are None.
     """
     arrays = labelled_images(data) if not isinstance(data, LabelledImages) else data
-    net = feature_net(arrays, seed=seed)
+    labelled = arrays.labels is not None
+    # no labels, no classifier: features of a fixed random conv net (random_feature_net)
+    net = feature_net(arrays, seed=seed) if labelled else random_feature_net(arrays, seed=seed)
     fake = _as_tensor(fake_images_flat, net.model.image_shape)
     n_all = len(arrays.images)
     n_use = min(len(fake), n_all // 2) if n is None else int(n)
-    if n_use < max(k + 1, 10) or n_use > len(fake) or n_use > n_all // 2:
+    # by default any loadable data set (>= 10 images: halves of >= 5) is measured, noisily
+    # (the floors say how noisily), so that training on it never fails at its first
+    # evaluation, after the run folder was created; an explicit n must be >= 10
+    lowest = k + 1 if n is None else max(k + 1, 10)
+    if n_use < lowest or n_use > len(fake) or n_use > n_all // 2:
         raise GanflowError(
-            f"n must be between {max(k + 1, 10)} and min(n_fake={len(fake)}, "
+            f"n must be between {lowest} and min(n_fake={len(fake)}, "
             f"N/2={n_all // 2}), got {n_use}"
         )
     perm = np.random.default_rng(seed + 1).permutation(n_all)
     real_a = arrays.images[perm[:n_use]]
     real_b = arrays.images[perm[n_all // 2:n_all // 2 + n_use]]
     f_fake, f_a, f_b = (net.features(v) for v in (fake[:n_use], real_a, real_b))
-    # coverage needs no real images: classify EVERY fake (issue 5 asks for 10000 samples;
-    # with only n_use a rare class would be missed by chance)
-    cov = class_coverage(net.logits(fake), n_classes=net.model.n_classes)
+    # coverage needs no real images: classify EVERY fake (coverage is meant on many
+    # samples; with only n_use a rare class would be missed by chance)
+    cov = class_coverage(net.logits(fake), n_classes=net.model.n_classes) if labelled else None
     p, r = precision_recall(f_a, f_fake, k=k)
     p0, r0 = precision_recall(f_a, f_b, k=k)
     return {
@@ -513,10 +563,12 @@ def image_metrics(fake_images_flat, data: str | Path | Dataset, *, seed: int = 0
         "recall": r,
         "precision_floor": p0,
         "recall_floor": r0,
-        "class_coverage": cov.classes,
-        "class_kl": cov.kl,
-        "n_classes": net.model.n_classes,
-        "classifier_accuracy": net.accuracy,
+        # None without labels: no classifier, so nothing class-based can be computed
+        "class_coverage": cov.classes if labelled else None,
+        "class_kl": cov.kl if labelled else None,
+        "n_classes": net.model.n_classes if labelled else None,
+        "classifier_accuracy": net.accuracy if labelled else None,
+        "features": "classifier" if labelled else "random conv net (no labels)",
         "n_fake": int(n_use),
         "n_coverage": len(fake),
         "n_real": int(n_use),

@@ -34,7 +34,8 @@ class Grid:
         if not (math.isfinite(self.half_width) and self.half_width > 0):
             raise GanflowError(f"box half-width L must be positive, got {self.half_width!r}")
         if int(self.cells) != self.cells or self.cells < 4:
-            raise GanflowError(f"cells per dimension must be an integer >= 4, got {self.cells!r}")
+            raise GanflowError(
+                f"cells per dimension (--cells) must be an integer >= 4, got {self.cells!r}")
         h = 2 * self.half_width / self.cells
         object.__setattr__(self, "centres", -self.half_width + h * (np.arange(self.cells) + 0.5))
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ._errors import GanflowError
+from ._pairwise import pair_sums
 from .targets import GaussianMixture
 
 __all__ = ["HQ_STDS", "energy_distance", "mode_metrics", "w2"]
@@ -84,9 +85,11 @@ def energy_distance(x, y) -> float:
     n, k = len(a), len(b)
     if n < 2 or k < 2:
         raise GanflowError(f"energy distance needs at least 2 samples each, got {n} and {k}")
-    xy = torch.cdist(a, b).mean()
-    xx = torch.cdist(a, a).sum() / (n * (n - 1))
-    yy = torch.cdist(b, b).sum() / (k * (k - 1))
+    # in tiles (ganflow._pairwise): memory flat in n and k, not three n x k matrices
+    ident = (lambda d: d,)
+    xy = pair_sums(a, b, ident)[0] / (n * k)
+    xx = pair_sums(a, None, ident)[0] / (n * (n - 1))
+    yy = pair_sums(b, None, ident)[0] / (k * (k - 1))
     return float(2 * xy - xx - yy)
 
 

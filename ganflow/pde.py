@@ -1,11 +1,11 @@
 r"""The nonlinear Fokker-Planck equation (25) of a divergence flow, solved on a grid.
 
-    du/dt = div( rho_d m(u/rho_d) grad(u/rho_d) )        (THEORY.md section 7)
+    du/dt = div( rho_d m(u/rho_d) grad(u/rho_d) )        (docs/theory.md section 7)
 
 which for the JSD mobility m(v) = 1/(2(1+v)) is eq. (25), du/dt = 1/2 div(rho_d grad
 ln(1 + u/rho_d)), and for KL (m = 1) the linear Ornstein-Uhlenbeck-type equation.
 
-Discretisation (ground truth, so every property of THEORY.md section 4 holds exactly):
+Discretisation (ground truth, so every property of docs/theory.md section 4 holds exactly):
 
 * conservative finite volumes on [-L, L]^d, cell-centred, zero-flux walls: mass is
   conserved to the Newton tolerance;
@@ -24,6 +24,7 @@ Discretisation (ground truth, so every property of THEORY.md section 4 holds exa
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +47,10 @@ _TARGET_MIN_MASS = 1 - 1e-6
 
 
 def jsd_on_grid(u: np.ndarray, rho: np.ndarray, cell_volume: float) -> float:
-    """JSD(u, rho) = 1/2 sum [u ln(2u/(u+rho)) + rho ln(2rho/(u+rho))] h^d (THEORY.md sec. 1)."""
+    """JSD(u, rho) = 1/2 sum [u ln(2u/(u+rho)) + rho ln(2rho/(u+rho))] h^d.
+
+    The grid version of J in docs/theory.md section 1.
+    """
     s = u + rho
     with np.errstate(divide="ignore", invalid="ignore"):
         val = xlogy(u, 2 * u / np.where(s > 0, s, 1)) + xlogy(rho, 2 * rho / np.where(s > 0, s, 1))
@@ -205,6 +209,46 @@ def _diagnostics(u, rho, grid: Grid, divergence: Divergence):
     )
 
 
+# Peak resident memory per grid cell of a solve (the sparse Jacobian, its LU factors
+# with their fill-in, face arrays, snapshots), by dimension; upper bounds rounded up
+# from measured solves (benchmarks/README.md, "Notes moved from docstrings").
+_BYTES_PER_CELL = {1: 600, 2: 2400}
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (else physical memory; None if unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**40:.3g} TiB" if n_bytes >= 2**40 else f"{n_bytes / 2**30:.3g} GiB"
+
+
+def check_memory(dim: int, cells: int) -> None:
+    """Refuse, before allocating anything, a grid whose solve would not fit in memory."""
+    if dim not in _BYTES_PER_CELL or int(cells) != cells or cells < 1:
+        return  # Grid's own checks name these
+    need = _BYTES_PER_CELL[dim] * float(cells) ** dim
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        largest = int((avail / _BYTES_PER_CELL[dim]) ** (1 / dim))
+        raise GanflowError(
+            f"--cells {cells} in {dim}-D means {cells}^{dim} = {float(cells) ** dim:.3g} "
+            f"cells, about {_gib(need)} of memory (sparse Jacobian and its LU factors); "
+            f"only {_gib(avail)} is available: use --cells {largest} or fewer"
+        )
+
+
 def _positive(name: str, value) -> float:
     try:
         x = float(value)
@@ -260,9 +304,9 @@ def solve_fokker_planck(
     div = get_divergence(divergence)
     rho_mix = load_target(target)
     cells = int(cells) if isinstance(cells, (int, np.integer)) else cells
-    t_end = _positive("t_end", t_end)
-    dt = _positive("dt", dt)
-    dt_max = dt if dt_max is None else _positive("dt_max", dt_max)
+    t_end = _positive("--t-end", t_end)
+    dt = _positive("--dt", dt)
+    dt_max = dt if dt_max is None else _positive("--dt-max", dt_max)
     growth = _positive("growth", growth)
     if isinstance(init, np.ndarray):
         init_mix, init_name = None, "array"
@@ -271,7 +315,8 @@ def solve_fokker_planck(
         init_name = init_mix.name
     if box is None:
         box = max(rho_mix.extent(), init_mix.extent() if init_mix is not None else 0.0)
-    grid = Grid(rho_mix.dim, _positive("box", box), cells)
+    check_memory(rho_mix.dim, cells)
+    grid = Grid(rho_mix.dim, _positive("--box", box), cells)
     grid.check_target(rho_mix, "target", _TARGET_MIN_MASS)
 
     log_rho, _ = grid.log_density(rho_mix)
@@ -374,8 +419,9 @@ def _newton(op: _ImplicitOperator, u_old: np.ndarray, dt: float, tol: float, max
         if np.abs(residual).sum() * vol < tol and it > 1:
             return u, it - 1
         try:
-            # the Jacobian is structurally symmetric (a 2d+1-point stencil): minimum degree
-            # on A^T + A orders it ~20 % faster than the default COLAMD (measured, 256^2)
+            # the Jacobian is structurally symmetric (a 2d+1-point stencil), so minimum
+            # degree on A^T + A, an ordering for symmetric patterns, suits it better than
+            # the default COLAMD (timing: benchmarks/README.md, "Notes moved from docstrings")
             du = spla.spsolve(jac, -residual, permc_spec="MMD_AT_PLUS_A")
         except RuntimeError:  # singular factor
             return None, it
