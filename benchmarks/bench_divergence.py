@@ -1,4 +1,4 @@
-r"""Benchmark 3 of the evaluation issue: the divergence phenomenon (THEORY.md section 6).
+r"""Benchmark 3 of the evaluation issue: the divergence phenomenon (docs/theory.md section 6).
 
 Section 6 says the paper's Algorithm 1 (K = 1 fit step, index pairing: the GAN) can
 leave the gradient flow and cycle or collapse because its point-wise fit stops
@@ -17,8 +17,9 @@ descent step moves G(z_i) by a fraction of the distance to its target). Adam row
 (``ganflow train``'s optimizer, constant learning rate) are there for contrast, and a
 ``particles`` row moves the samples by the same discriminator's drift with no
 generator at all (so no fit), which separates "the fit diverges" from "the drift
-diverges"; the ``+ R1`` rows change D instead of the fit (``--d-penalty 1``: an R1
-gradient penalty on the data, not in the paper).
+diverges"; the ``flow-map`` row fits a generator to persistent latent-particle pairs
+moved by that drift (docs/theory.md section 8 (a)); the ``+ R1`` rows change D instead of
+the fit (``--d-penalty 1``: an R1 gradient penalty on the data, not in the paper).
 
 Verdicts, per run, from its evaluations (modes / HQ / mode-weight KL per DESIGN.md):
 ``converged`` (the bar, all modes with HQ >= 80 % and mode KL <= 0.05, holds at the
@@ -59,6 +60,11 @@ CONFIGS: dict[str, dict] = {
     "SGD K=10 assignment eps=0.1": {**SGD, "fit_steps": 10, "pairing": "assignment",
                                     "eps": 0.1},
     "SGD particles (no fit)": {**SGD, "method": "particles", "particle_init": "generator"},
+    # a generator that follows the particles: regressed on persistent (z_i, x_i) pairs,
+    # the x_i moved by the same drift as the particles row (one D step, no warm-up), G
+    # fitted by 10 SGD steps per iteration on fresh batches of pairs
+    "SGD flow-map": {**SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0,
+                     "fit_steps": 10},
     # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
     "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
     "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},

@@ -2,14 +2,23 @@ r"""ganflow: GANs as gradient flows (Huang & Zhang, JMLR 2023).
 
 Learn a data density by simulating the Jensen-Shannon gradient flow, ODE (2), whose
 density solves the nonlinear Fokker-Planck equation (25); Algorithm 1 (a GAN) is its
-particle solver. See THEORY.md for the equations cited in the docstrings.
+particle solver. See docs/theory.md for the equations cited in the docstrings.
 """
 
-from ._errors import GanflowError, NewtonConvergenceError
+from . import _interrupt
+
+if _interrupt.is_command_line():
+    # before the imports below (torch: seconds): a Ctrl-C now prints one line, not a
+    # traceback; a library user's process is left alone
+    _interrupt.install()
+
+from ._errors import GanflowError, NewtonConvergenceError  # noqa: E402
 from .algorithm import StepConfig, algorithm_step
 from .data import Dataset, load_data
 from .divergences import CHI2, JSD, KL, NS, Divergence, get_divergence
 from .evaluation import evaluate_samples
+from .flow_map import flow_map_step, initial_pairs
+from .generator_init import fit_generator_to_law
 from .grid import Grid
 from .particle_flow import distil_step, particle_step
 from .particles import ParticleSolution, l1_gap_to_pde, particle_drift, simulate_particles
@@ -41,8 +50,11 @@ __all__ = [
     "algorithm_step",
     "distil_step",
     "evaluate_samples",
+    "fit_generator_to_law",
+    "flow_map_step",
     "get_divergence",
     "grid25",
+    "initial_pairs",
     "l1_gap_to_pde",
     "load_data",
     "load_target",

@@ -16,6 +16,41 @@ def _fail(exc: BaseException, code: int = 2):
     raise typer.Exit(code)
 
 
+# the options of `train` that apply to a resume; every other one is the run's own, read
+# from its config.json, and given beside --resume it would be silently ignored
+_RESUME_OPTIONS = ("resume", "out", "iterations", "device", "threads", "progress")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _refuse_options_beside_resume(ctx: typer.Context) -> None:
+    extra = [p.opts[0] for p in ctx.command.params
+             if p.name not in _RESUME_OPTIONS and p.opts and _given(ctx, p.name)]
+    if extra:
+        raise GanflowError(
+            f"--resume continues a run with the options of its config.json; {', '.join(extra)} "
+            "would be ignored: remove them (only --iterations, --device, --threads and "
+            "--progress apply to a resume), or train a new run with --out")
+
+
+def _check_output_file(out: Path, force: bool) -> None:
+    """Before any work: ``out`` is a file we may write (an existing one only with
+    ``--force``), in a writable folder."""
+    if out.is_dir():
+        raise GanflowError(f"--out {str(out)!r} is a folder; give a .npy file name")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise GanflowError(f"--out {str(out)!r} exists; add --force to overwrite it")
+    probe = out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise GanflowError(f"cannot write --out {str(out)!r}: {str(probe)!r} is not a "
+                           "writable folder")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``sample`` and ``plot`` to ``app``."""
     from .trainer import TrainConfig
@@ -27,24 +62,33 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
+        ctx: typer.Context,
         data: Annotated[str, opt("--data", "ring8, grid25, swissroll, moons, checkerboard, "
                                  "circles, bimodal, normal:MEAN:STD, a mixture .json, a "
                                  ".npy/.csv table of shape (n, d); images: digits, mnist, "
                                  "mnist:PATH (.npz/.npy/PNG folder).")] = d.data,
         method: Annotated[str, opt("--method", "flow (Algorithm 1), gan (saturating "
                                    "ln(1-D)), gan-ns (non-saturating -ln D), particles (no "
-                                   "generator: N particles moved by D's drift).")] = d.method,
+                                   "generator: N particles moved by D's drift), flow-map (a "
+                                   "generator regressed on N latent-particle pairs moved by "
+                                   "D's drift: it follows the flow).")] = d.method,
         divergence: Annotated[str, opt("--divergence", "flow's divergence: jsd, kl, ns, "
                                        "chi2.")] = d.divergence,
         eps: Annotated[float, opt("--eps", "flow time step of eq. (22) (faithful: the "
                                   "largest one).")] = d.eps,
-        fit_steps: Annotated[int, opt("--fit-steps", "K descent steps on the same z and "
-                                      "targets (K=1: the paper).")] = d.fit_steps,
+        fit_steps: Annotated[int | None, opt("--fit-steps", "K descent steps on the same z "
+                                             "and targets (flow-map: on fresh batches of "
+                                             "pairs); default 1 (the paper), flow-map 10.")
+                             ] = d.fit_steps,
         pairing: Annotated[str, opt("--pairing", "index (the paper's MSE), assignment "
                                     "(optimal re-pairing) or energy (energy distance "
                                     "between the sets).")] = d.pairing,
-        d_steps: Annotated[int, opt("--d-steps", "discriminator steps per iteration "
-                                    "(faithful: the least).")] = d.d_steps,
+        d_steps: Annotated[int | None, opt("--d-steps", "discriminator steps per iteration "
+                                           "(faithful: the least); default 1, flow-map 20.")
+                           ] = d.d_steps,
+        d_warmup: Annotated[int | None, opt("--d-warmup", "discriminator steps before the "
+                                            "first move; default 0, flow-map 500.")
+                            ] = d.d_warmup,
         d_penalty: Annotated[float, opt("--d-penalty", "gamma of an R1 gradient penalty "
                                         "(gamma/2) E_data |grad f|^2 on D; 0: off.")
                              ] = d.d_penalty,
@@ -95,7 +139,12 @@ def register(app: typer.Typer) -> None:
                                        "steps) or gauss-newton (scale-aware least "
                                        "squares).")]
         = d.fit_solver,
-        particles: Annotated[int, opt("--particles", "particles: how many (N).")] = d.particles,
+        init: Annotated[str, opt("--init", "start law: any --data spec of the data's "
+                                 "dimension (normal:MEAN:STD, a mixture .json, a .npy); the "
+                                 "generator is fitted to it before iteration 0 (default: "
+                                 "the untrained generator's law).")] = d.init,
+        particles: Annotated[int, opt("--particles", "particles / flow-map: how many "
+                                      "particles / latent-particle pairs (N).")] = d.particles,
         particle_init: Annotated[str, opt("--particle-init", "particles: start law: "
                                           "'generator' (the untrained generator's law), or "
                                           "any --data spec of the data's dimension "
@@ -126,13 +175,15 @@ def register(app: typer.Typer) -> None:
             if resume is not None:
                 if out is not None:
                     raise GanflowError("give --resume RUN or --out DIR, not both")
+                _refuse_options_beside_resume(ctx)
                 result = tr.resume(resume, iterations=iterations,
-                                   device=device if device != d.device else None,
+                                   device=device if _given(ctx, "device") else None,
                                    progress=progress)
             else:
                 cfg = tr.TrainConfig(
                     data=data, method=method, divergence=divergence, eps=eps,
-                    fit_steps=fit_steps, pairing=pairing, d_steps=d_steps, d_penalty=d_penalty,
+                    fit_steps=fit_steps, pairing=pairing, d_steps=d_steps, d_warmup=d_warmup,
+                    d_penalty=d_penalty,
                     batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, optimizer=optimizer,
                     beta1=beta1, lr_decay=lr_decay, eps_decay=eps_decay, width=width, depth=depth,
                     latent_dim=latent_dim, activation=activation, seed=seed, device=device,
@@ -140,9 +191,17 @@ def register(app: typer.Typer) -> None:
                     eval_every=eval_every, faithful=faithful, cfl=cfl, calib_tol=calib_tol,
                     calib_max_steps=calib_max_steps, fit_tol=fit_tol,
                     fit_max_steps=fit_max_steps, step_quantile=step_quantile,
-                    fit_solver=fit_solver, particles=particles, particle_init=particle_init,
+                    fit_solver=fit_solver, init=init, particles=particles,
+                    particle_init=particle_init,
                     distil=distil, distil_iterations=distil_iterations,
                 )
+                if method in ("gan", "gan-ns") and _given(ctx, "divergence"):
+                    # the baselines' generator losses ignore it (algorithm.py); only `ganflow
+                    # track` reads it, as the flow to compare the run with
+                    typer.echo(f"warning: --divergence {divergence} does not change --method "
+                               f"{method} training (its generator loss is fixed); it only "
+                               "names the flow `ganflow track` compares the run with",
+                               err=True)
                 result = tr.train(cfg, out=out, progress=progress)
         except GanflowError as exc:
             _fail(exc)
@@ -169,6 +228,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, opt("--out", "output .npy file (shape (n, d)).")] = Path(
             "samples.npy"),
         seed: Annotated[int, opt("--seed", "seed of the latent draw.")] = 0,
+        snapshot: Annotated[int | None, opt("--snapshot", "draw from the generator saved at "
+                                            "this evaluation's iteration (snapshots/G-*; "
+                                            "default: the latest checkpoint).")] = None,
+        force: Annotated[bool, opt("--force", "overwrite --out if it exists.")] = False,
     ) -> None:
         """Draw samples from a trained run's generator (or its particles) into a .npy file."""
         import io
@@ -181,12 +244,16 @@ def register(app: typer.Typer) -> None:
         try:
             if out.suffix.lower() != ".npy":
                 raise GanflowError(f"--out must end in .npy, got {str(out)!r}")
-            x = sample_run(run, n, seed=seed).numpy()
+            _check_output_file(out, force)  # before loading the run
+            x = sample_run(run, n, seed=seed, snapshot=snapshot).numpy()
         except GanflowError as exc:
             _fail(exc)
         buf = io.BytesIO()
         np.save(buf, x)
-        write_bytes_atomic(out, buf.getvalue())
+        try:
+            write_bytes_atomic(out, buf.getvalue())  # nothing half-written on a full disk
+        except OSError as exc:
+            _fail(f"cannot write {str(out)!r}: {exc.strerror or exc}", 1)
         typer.echo(f"wrote {out} (shape {x.shape})")
 
     @app.command()

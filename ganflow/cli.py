@@ -15,7 +15,7 @@ import typer
 
 from . import _cli_train
 from ._errors import GanflowError, NewtonConvergenceError
-from ._io import write_json_atomic
+from ._io import check_writable, write_json_atomic
 
 app = typer.Typer(
     name="ganflow",
@@ -24,6 +24,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"ganflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="print the version and exit.")] = False,
+) -> None:
+    """GANs as gradient flows: Fokker-Planck ground truth, particle flows, Algorithm 1."""
 
 TargetOpt = Annotated[
     str,
@@ -60,6 +77,54 @@ def _exit_on_error():
         _fail(exc)
     except NewtonConvergenceError as exc:
         _fail(exc, 1)
+
+
+def _check_outputs(json_out: Path | None = None, plot: Path | None = None) -> None:
+    """Refuse an output that cannot be written BEFORE any work (a solve, an evaluation)."""
+    if json_out is not None:
+        check_writable(json_out, "--json")
+    if plot is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        ext = plot.suffix.lower().lstrip(".")
+        if ext not in kinds:
+            raise GanflowError(
+                f"--plot {str(plot)!r}: expected an image file ending in one of "
+                f"{', '.join('.' + k for k in sorted(kinds))}; got "
+                f"{'.' + ext if ext else 'no extension'}"
+            )
+        check_writable(plot, "--plot")
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write --json (checked writable up front; a full disk can still fail: one line)."""
+    try:
+        write_json_atomic(path, obj)
+    except OSError as exc:
+        _fail(f"cannot write --json {str(path)!r}: {exc.strerror or exc}", 1)
+
+
+def _check_device(text: str) -> None:
+    """A clean error for a device torch does not know or this machine does not have."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise GanflowError(
+            f"unknown --device {text!r}: expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GanflowError(f"--device {text!r} asked for, but CUDA is not available here; "
+                               "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GanflowError(f"--device {text!r}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise GanflowError(f"--device {text!r} asked for, but MPS is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise GanflowError(f"unknown --device {text!r}: expected cpu, cuda, cuda:N or mps")
 
 
 def _parse_times(text: str | None, t_end: float) -> list[float]:
@@ -113,6 +178,7 @@ def pde(
     from .pde import solve_fokker_planck
 
     with _exit_on_error():
+        _check_outputs(json_out, plot)
         times = _parse_times(save_at, t_end) or _default_save_times(t_end)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -144,7 +210,7 @@ def pde(
             f"{sol.max_ratio[k]:>10.4g} {_fmt(sol.min_u[k]):>10}"
         )
     if json_out is not None:
-        write_json_atomic(json_out, sol.to_dict(with_snapshots=snapshots))
+        _write_json(json_out, sol.to_dict(with_snapshots=snapshots))
         typer.echo(f"wrote {json_out}")
     if plot is not None:
         from .plots import plot_solution
@@ -158,7 +224,8 @@ def particles(
     target: TargetOpt = "bimodal",
     init: InitOpt = "normal:0:0.4",
     divergence: DivOpt = "jsd",
-    n: Annotated[int, typer.Option("--n", help="number of particles.")] = 2000,
+    n: Annotated[float, typer.Option(
+        "--n", help="number of particles (an integer; 1e6 notation accepted).")] = 2000,
     t_end: Annotated[float, typer.Option("--t-end", help="final flow time.")] = 2.0,
     dt: Annotated[
         float, typer.Option("--dt", help="time step (explicit: keep it <~ b^2).")
@@ -177,6 +244,9 @@ def particles(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
     dtype: Annotated[str, typer.Option(
         "--dtype", help="float64 (reference) or float32 (2-4x faster KDE sums).")] = "float64",
+    kde: Annotated[str, typer.Option(
+        "--kde", help="KDE drift: binned (grid + FFT, O(N), default in 1-D/2-D) or direct "
+        "(all N^2 pairs; the reference, and the only choice above 2-D).")] = "auto",
     box: BoxOpt = None,
     cells: CellsOpt = 400,
     no_pde: Annotated[bool, typer.Option("--no-pde", help="skip the PDE reference.")] = False,
@@ -184,6 +254,7 @@ def particles(
     plot: PlotOpt = None,
 ) -> None:
     """Simulate ODE (2) with N particles (KDE drift) and compare with the PDE solution."""
+    from .kde import resolve_kde
     from .particles import l1_gap_to_pde, simulate_particles
     from .pde import solve_fokker_planck
 
@@ -196,12 +267,14 @@ def particles(
     if dtype not in ("float32", "float64"):
         _fail(GanflowError(f"--dtype must be float32 or float64, got {dtype!r}"))
     with _exit_on_error():
+        _check_device(device)
+        _check_outputs(json_out, plot)
         times = _parse_times(save_at, t_end) or [t_end / 8, t_end / 4, t_end / 2, t_end]
         part = simulate_particles(
             target,
             init,
             divergence=divergence,
-            n=n,
+            n=int(n) if math.isfinite(n) and n == int(n) else n,
             t_end=t_end,
             dt=dt,
             method=method,
@@ -211,6 +284,7 @@ def particles(
             device=device,
             dtype=getattr(torch, dtype),
             progress=sys.stderr.isatty(),
+            kde=kde,
         )
         sol, gap, gap_smooth = None, None, None
         dim = part.positions.shape[2]
@@ -250,6 +324,7 @@ def particles(
             "target": part.target,
             "n": int(part.positions.shape[1]),
             "method": method,
+            "kde": resolve_kde(dim, kde),
             "dt": dt,
             "seed": seed,
             "seconds": part.seconds,
@@ -263,7 +338,7 @@ def particles(
             if sol is None
             else {k: v for k, v in sol.to_dict().items() if k in ("times", "jsd", "l1", "mass")},
         }
-        write_json_atomic(json_out, out)
+        _write_json(json_out, out)
         typer.echo(f"wrote {json_out}")
     if plot is not None and sol is not None:
         from .plots import plot_solution
@@ -299,6 +374,9 @@ def eval_(
     from .evaluation import evaluate_samples, format_evaluation
 
     with _exit_on_error():
+        if n is not None and n < 10:  # a negative n sliced samples[:n] silently
+            raise GanflowError(f"--n must be an integer >= 10 (samples to evaluate), got {n}")
+        _check_outputs(json_out)
         if source.is_dir():
             from .trainer import sample_run
 
@@ -330,14 +408,14 @@ def eval_(
         res = evaluate_samples(samples, data, seed=seed)
     typer.echo(format_evaluation(res))
     if json_out is not None:
-        write_json_atomic(json_out, res)
+        _write_json(json_out, res)
         typer.echo(f"wrote {json_out}")
 
 
 @app.command()
 def track(
-    run: Annotated[Path, typer.Argument(help="a run folder of `ganflow train --method "
-                                        "flow|particles` on a 1-D or 2-D mixture")],
+    run: Annotated[Path, typer.Argument(help="a run folder of `ganflow train` on a 1-D or "
+                                        "2-D mixture (any method)")],
     n: Annotated[int, typer.Option("--n", help="generator samples per snapshot.")] = 5000,
     cells: Annotated[int | None, typer.Option(
         "--cells", help="PDE cells per dimension (default: resolve the finest feature).")
@@ -348,23 +426,31 @@ def track(
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="figure (default: RUN/samples/tracking.png).")] = None,
 ) -> None:
-    """Does the generator follow the gradient flow? Compare it with the PDE's u(t)."""
+    """Does the generator follow the gradient flow? Compare it with the PDE's u(t).
+
+    Per snapshot: the L1 gap between the generator's KDE and u(t), its noise floor (n exact
+    samples of u(t)), the verdict "on flow" (gap <= 2 x floor), and JSD to rho_d of the
+    generator next to the PDE's (the flow's own progress)."""
     from .tracking import plot_tracking, track_run
 
     with _exit_on_error():
+        _check_outputs(json_out, plot)
         res = track_run(run, n=n, cells=cells, box=box, seed=seed,
                         progress=sys.stderr.isatty())
     g = res.pde.grid
-    typer.echo(f"{res.divergence} flow from the run's initial generator: {res.n_samples} "
+    typer.echo(f"{res.divergence} flow from u(0) = {res.start}: {res.n_samples} "
                f"samples per snapshot, PDE on {g.cells}^{g.dim} cells, box {g.half_width:.3g}")
     typer.echo(f"{'iteration':>10} {'flow t':>9} {'L1 gap':>10} {'L1 floor':>10} "
-               f"{'JSD gap':>10} {'JSD(G,rho_d)':>13} {'JSD(u,rho_d)':>13}")
+               f"{'on flow':>8} {'JSD gap':>10} {'JSD(G,rho_d)':>13} {'JSD(u,rho_d)':>13}")
+    on = res.on_flow
     for k in range(len(res.times)):
         typer.echo(f"{res.iterations[k]:>10} {res.times[k]:>9.4g} {_fmt(res.l1_gap[k]):>10} "
-                   f"{_fmt(res.l1_floor[k]):>10} {_fmt(res.jsd_gap[k]):>10} "
+                   f"{_fmt(res.l1_floor[k]):>10} {'yes' if on[k] else 'NO':>8} "
+                   f"{_fmt(res.jsd_gap[k]):>10} "
                    f"{_fmt(res.gen_jsd[k]):>13} {_fmt(res.pde_jsd[k]):>13}")
+    typer.echo(f"on the flow (L1 gap <= 2 x floor) at {int(on.sum())} of {len(on)} times")
     if json_out is not None:
-        write_json_atomic(json_out, res.to_dict())
+        _write_json(json_out, res.to_dict())
         typer.echo(f"wrote {json_out}")
     path = plot_tracking(res, plot or Path(run) / "samples" / "tracking.png")
     typer.echo(f"wrote {path}")
@@ -374,7 +460,14 @@ _cli_train.register(app)
 
 
 def main() -> None:
-    app()
+    from ._interrupt import EXIT_CODE, MESSAGE, CtrlC, install
+
+    install()  # already done by `import ganflow` for python -m ganflow / the script
+    try:
+        app()
+    except CtrlC:
+        typer.echo(f"error: {MESSAGE}", err=True)
+        raise SystemExit(EXIT_CODE) from None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-r"""Learning without a generator: particles moved by the discriminator's drift (issue 7).
+r"""Learning without a generator: particles moved by the discriminator's drift.
 
-THEORY.md section 3.3 blames the generator's point-wise MSE fit (23) for the divergence
-of GANs. This module removes the fit: N particles X_1..N are moved directly along the
-drift of ODE (2) estimated by a discriminator, calibrated exactly as in Algorithm 1:
+docs/theory.md section 6 (the paper's section 3.3) blames the generator's point-wise
+MSE fit (23) for the divergence of GANs. This module removes the fit: N particles
+X_1..N are moved directly along the drift of ODE (2) estimated by a discriminator,
+calibrated exactly as in Algorithm 1:
 
 1. calibrate D on fresh data against a random batch of m particles (eq. 21; the same
    :func:`~ganflow.algorithm.calibrate_discriminator`, knobs and faithful criterion);
@@ -41,7 +42,7 @@ __all__ = ["distil_step", "particle_step"]
 
 def particle_step(
     D: nn.Module,
-    opt_d: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer | None,
     particles: torch.Tensor,
     sample_data: Callable[[int], torch.Tensor],
     pick: Callable[[int], torch.Tensor],
@@ -52,6 +53,8 @@ def particle_step(
     r"""One iteration of the particle method: calibrate D (21), move every particle (22).
 
     Args:
+        D: the logit f (any callable (n, d) -> (n,)); with ``opt_d`` None it is taken as
+            exact (e.g. the oracle ln(rho_d / u_t) in a test) and not calibrated.
         particles: (N, d) on the training device, updated IN PLACE.
         sample_data: ``sample_data(m)`` draws a fresh data batch on the device.
         pick: ``pick(m)`` returns m particle indices (LongTensor) for D's fake batch.
@@ -61,11 +64,13 @@ def particle_step(
     ``drift_max`` is NaN/Inf when some move was not finite (the caller must stop).
     """
     m = cfg.batch_size
-    d_loss, d_taken = calibrate_discriminator(
-        D, opt_d, lambda: sample_data(m), lambda: particles[pick(m)], steps=cfg.d_steps,
-        tol=cfg.calib_tol if cfg.faithful else None, max_steps=cfg.calib_max_steps,
-        penalty=cfg.d_penalty,
-    )
+    d_loss, d_taken = float("nan"), 0
+    if opt_d is not None:  # None: D is an exact logit (an oracle), nothing to calibrate
+        d_loss, d_taken = calibrate_discriminator(
+            D, opt_d, lambda: sample_data(m), lambda: particles[pick(m)], steps=cfg.d_steps,
+            tol=cfg.calib_tol if cfg.faithful else None, max_steps=cfg.calib_max_steps,
+            penalty=cfg.d_penalty,
+        )
     drift = discriminator_drift(D, particles, divergence=cfg.divergence, chunk=chunk)
     move, eps = controlled_move(drift, cfg)
     speed = drift.norm(dim=-1)

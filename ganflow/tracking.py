@@ -5,16 +5,20 @@ should be the Fokker-Planck solution u(t) of eq. (25) at flow time t = eps x k (
 faithful mode records the flow time it actually advanced). :func:`track_run` measures
 this directly for a run on a 1-D or 2-D mixture target:
 
-1. the initial density rho_0 is the law of the run's generator at iteration 0, estimated
-   by a Gaussian KDE of ``n`` samples on the grid (bandwidth by likelihood
-   cross-validation, :func:`ganflow.kde.cv_bandwidth`);
+1. the initial density rho_0 is the run's ``init`` law when it is a Gaussian mixture
+   (``--init normal:MEAN:STD`` or a mixture): the exact start that the generator was
+   fitted to, so the gap at t = 0 measures that fit; otherwise the law of the run's
+   generator at iteration 0, estimated by a Gaussian KDE of ``n`` samples on the grid
+   (bandwidth by likelihood cross-validation, :func:`ganflow.kde.cv_bandwidth`), and
+   the gap at t = 0 is 0 by construction;
 2. the PDE of the run's divergence is solved from that rho_0 (:func:`solve_fokker_planck`);
 3. at every saved generator snapshot (the trainer keeps one per evaluation) the
    generator's KDE (n samples, cross-validated bandwidth b_t) is compared with u(t):
    the "flow-tracking error" (L1 and JSD). It is exactly 0 at t = 0 (u(0) is that KDE).
    Its noise floor at each t is the same distance for n samples drawn from u(t) itself,
    smoothed with their own cross-validated bandwidth (``l1_floor``): a gap near the
-   floor means "on the flow, as far as n samples can tell".
+   floor means "on the flow, as far as n samples can tell"; ``on_flow`` is the verdict
+   L1 gap <= 2 x floor.
 """
 
 from __future__ import annotations
@@ -33,8 +37,13 @@ from .grid import Grid
 from .kde import cv_bandwidth
 from .particles import particles_on_grid
 from .pde import FokkerPlanckSolution, jsd_on_grid, l1_on_grid, solve_fokker_planck
+from .targets import GaussianMixture, load_target
 
-__all__ = ["TrackingResult", "track_run"]
+__all__ = ["ON_FLOW_FACTOR", "TrackingResult", "track_run"]
+
+# "on the flow": the L1 gap to u(t) is at most this many times the gap that n exact
+# samples of u(t) show (two samples of one law differ by about sqrt(2) x one's floor)
+ON_FLOW_FACTOR = 2.0
 
 
 @dataclass
@@ -43,7 +52,10 @@ class TrackingResult:
     ``l1_gap`` / ``jsd_gap`` (generator's KDE vs u(t)), ``l1_floor`` (the same for n
     samples of u(t)), ``gen_jsd``
     (generator's KDE vs rho_d), ``pde_jsd`` (u(t) vs rho_d, the flow's own progress),
-    ``bandwidths``; plus the PDE solution and the generator samples (for plots)."""
+    ``floor_jsd`` (the KDE of n exact samples of u(t) vs rho_d: what ``gen_jsd`` would be
+    on the flow, estimator bias and noise included),
+    ``bandwidths``, ``on_flow`` (L1 gap <= ``ON_FLOW_FACTOR`` x floor); ``start`` says
+    where u(0) came from; plus the PDE solution and the generator samples (for plots)."""
 
     run_dir: Path
     divergence: str
@@ -54,15 +66,23 @@ class TrackingResult:
     l1_floor: np.ndarray
     gen_jsd: np.ndarray
     pde_jsd: np.ndarray
+    floor_jsd: np.ndarray
     bandwidths: np.ndarray
     n_samples: int
     pde: FokkerPlanckSolution
     samples: list[np.ndarray]
+    start: str = "kde"
+
+    @property
+    def on_flow(self) -> np.ndarray:
+        return self.l1_gap <= ON_FLOW_FACTOR * self.l1_floor
 
     def to_dict(self) -> dict:
         return {
             "run": str(self.run_dir),
             "divergence": self.divergence,
+            "start": self.start,
+            "on_flow": self.on_flow.tolist(),
             "n_samples": self.n_samples,
             "cells": self.pde.grid.cells,
             "box": self.pde.grid.half_width,
@@ -73,6 +93,7 @@ class TrackingResult:
             "l1_floor": self.l1_floor.tolist(),
             "gen_jsd": self.gen_jsd.tolist(),
             "pde_jsd": self.pde_jsd.tolist(),
+            "floor_jsd": self.floor_jsd.tolist(),
             "bandwidths": self.bandwidths.tolist(),
         }
 
@@ -87,7 +108,9 @@ def _flow_times(run_dir: Path) -> dict[int, float]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise GanflowError(f"{str(run_dir)!r} has no metrics.jsonl: not a ganflow run folder")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from .trainer import read_metrics  # the one reader: it skips a torn last line
+
+    rows = read_metrics(run_dir)
     return {int(r["iteration"]): float(r["flow_time"]) for r in rows}
 
 
@@ -110,12 +133,12 @@ def track_run(
     seed: int = 0,
     progress: bool = False,
 ) -> TrackingResult:
-    r"""Compare a ``flow`` run's generator snapshots (or a ``particles`` run's particle
-    snapshots) with the PDE solution u(t).
+    r"""Compare a run's generator snapshots (or a ``particles`` run's particle snapshots)
+    with the PDE solution u(t) at flow time t = eps x iterations (the gan baselines take
+    the same t: Proposition 8).
 
     Args:
-        run_dir: a run folder of ``ganflow train --method flow|particles`` on a 1-D or 2-D
-            mixture.
+        run_dir: a run folder of ``ganflow train`` on a 1-D or 2-D mixture.
         n: samples per snapshot (the KDE's; noise falls like n^(-2/(d+4))); for a particle
             run at most the snapshot's particles (``n_samples`` of the result says).
         cells: grid cells per dimension (default: 2 per finest std/bandwidth, at most
@@ -130,11 +153,6 @@ def track_run(
         run_dir / "config.json").exists() else None
     if cfg is None:
         raise GanflowError(f"{str(run_dir)!r} is not a run folder: no config.json in it")
-    if cfg.get("method") not in ("flow", "particles"):
-        raise GanflowError(
-            f"tracking needs a run of --method flow or particles (flow time = eps x "
-            f"iterations); {str(run_dir)!r} is a {cfg.get('method')!r} run"
-        )
     trainer = _load_run(run_dir, device="cpu")
     mixture = trainer.data.mixture
     if mixture is None or mixture.dim > 2:
@@ -169,13 +187,19 @@ def track_run(
 
     bws = [cv_bandwidth(x) for x in samples]
     d = mixture.dim
+    start = _init_mixture(cfg.get("init", ""), d)
     if box is None:
-        box = max(mixture.extent(), float(samples[0].abs().max()) + 6 * bws[0])
+        box = max(mixture.extent(), float(samples[0].abs().max()) + 6 * bws[0],
+                  start.extent() if start is not None else 0.0)
     if cells is None:
         finest = min(mixture.length_scale, min(bws))
         cells = min(2000 if d == 1 else 256, max(64, math.ceil(2 * box / (finest / 2))))
     grid = Grid(d, float(box), int(cells))
-    u0 = particles_on_grid(samples[0], grid, bws[0])
+    if start is not None:
+        u0 = start.prob(torch.from_numpy(grid.points())).numpy()
+        u0 = u0 / (u0.sum() * grid.cell_volume)  # the mass outside the box is negligible
+    else:
+        u0 = particles_on_grid(samples[0], grid, bws[0])
     times = np.array([times_of[it] for it, _ in snaps])
     t_end = float(times.max())
     if not t_end > 0:
@@ -188,7 +212,7 @@ def track_run(
     )
     vol = grid.cell_volume
     rho = pde.rho_d
-    l1_gap, jsd_gap, l1_floor, gen_jsd, pde_jsd = [], [], [], [], []
+    l1_gap, jsd_gap, l1_floor, gen_jsd, pde_jsd, floor_jsd = [], [], [], [], [], []
     gen = torch.Generator().manual_seed(seed + 7)
     for t, x, b in zip(times, samples, bws, strict=True):
         g = particles_on_grid(x, grid, b)
@@ -200,15 +224,29 @@ def track_run(
         y = _sample_grid_density(u, grid, int(n), gen)
         ref = particles_on_grid(y, grid, cv_bandwidth(y))
         l1_floor.append(l1_on_grid(ref, u, vol))
+        floor_jsd.append(jsd_on_grid(ref, rho, vol))
         gen_jsd.append(jsd_on_grid(g, rho, vol))
         pde_jsd.append(jsd_on_grid(u, rho, vol))
     return TrackingResult(
         run_dir=run_dir, divergence=cfg["divergence"], iterations=np.array([s[0] for s in snaps]),
         times=times, l1_gap=np.array(l1_gap), jsd_gap=np.array(jsd_gap),
         l1_floor=np.array(l1_floor),
-        gen_jsd=np.array(gen_jsd), pde_jsd=np.array(pde_jsd), bandwidths=np.array(bws),
+        gen_jsd=np.array(gen_jsd), pde_jsd=np.array(pde_jsd), floor_jsd=np.array(floor_jsd),
+        bandwidths=np.array(bws),
         n_samples=int(n), pde=pde, samples=[x.numpy() for x in samples],
+        start="init law" if start is not None else "KDE of the iteration-0 samples",
     )
+
+
+def _init_mixture(spec: str, dim: int) -> GaussianMixture | None:
+    """The run's ``init`` law if it is a Gaussian mixture of the data's dimension."""
+    if not spec:
+        return None
+    try:
+        mix = load_target(spec)
+    except GanflowError:  # a table or sample-only set: no density, use the KDE start
+        return None
+    return mix if mix.dim == dim else None
 
 
 def plot_tracking(res: TrackingResult, path: str | Path) -> Path:

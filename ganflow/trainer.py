@@ -6,11 +6,15 @@ A run folder holds::
     metrics.jsonl      one JSON object per evaluation (iteration, flow_time, seconds,
                        modes, hq, mode_kl for mixtures, energy, w2, and step statistics)
     checkpoints/       state-<iteration>.safetensors (weights, optimizer tensors, RNG)
-                       + latest.json (everything else; written last, so it is the commit
-                       point: a crash between the two files leaves the previous state)
+                       + state-<iteration>.json (everything else) + latest.json (a copy
+                       of the newest state-*.json, written last: the commit point; a
+                       crash before it leaves the previous state). The two newest are
+                       kept; one that does not load is skipped for the older one
+                       (:mod:`ganflow._runfolder`)
     samples/           PNG figures (samples over the target, metric curves)
     snapshots/         G-<iteration>.safetensors: the generator at every evaluation
     summary.md         the outcome in a few lines
+    .lock              while a writer (train, --resume) runs: its pid and host
 
 Reproducibility: networks are initialised from ``seed`` on the CPU; every training
 batch is drawn on the CPU from one ``torch.Generator`` whose state is checkpointed;
@@ -18,10 +22,10 @@ evaluation uses its own generators, re-seeded at every evaluation, so evaluating
 not) never changes training. On the CPU, resuming from a checkpoint therefore gives the
 same numbers as not stopping (tests/test_trainer.py).
 
-Flow time: ``eps`` per iteration (THEORY.md section 5), or in the faithful mode the
+Flow time: ``eps`` per iteration (docs/theory.md section 5), or in the faithful mode the
 sum of the controlled steps actually taken.
 
-``method="particles"`` (issue 7, :mod:`ganflow.particle_flow`) trains no generator: N
+``method="particles"`` (:mod:`ganflow.particle_flow`) trains no generator: N
 particles, part of every checkpoint, are moved by the calibrated discriminator's drift;
 evaluation uses a fixed-seed subsample of ``eval_samples`` of them, and the snapshots
 ``snapshots/P-<iteration>.safetensors`` hold the first ``min(N, 20000)`` particles (the
@@ -29,10 +33,10 @@ particles are exchangeable, so these are a uniform subsample). With ``distil`` a
 generator is fitted set-wise to the final particles (``distil.json``), so the run still
 gives a sampler.
 
-Image data (``Dataset.image_shape``, issue 5) get conv nets and the image metrics of
+Image data (``Dataset.image_shape``) get conv nets and the image metrics of
 :mod:`ganflow.features` (Frechet distance, class coverage) in every evaluation, and a
-sample grid ``samples/grid-<iteration>.png``. Under ``torchrun`` (issue 6,
-:mod:`ganflow.distributed`) every rank runs this loop on its own batches with averaged
+sample grid ``samples/grid-<iteration>.png``. Under ``torchrun``
+(:mod:`ganflow.distributed`) every rank runs this loop on its own batches with averaged
 gradients; rank 0 alone evaluates and writes, and the checkpoint holds every rank's
 batch stream (``rng.train``, ``rng.train.<rank>``).
 """
@@ -41,17 +45,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from . import _runfolder
 from ._errors import GanflowError
-from ._io import write_bytes_atomic, write_json_atomic
+from ._io import (
+    append_line_durable,
+    read_jsonl,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_safetensors_atomic,
+)
 from .algorithm import (
     FIT_SOLVERS,
     METHODS,
@@ -59,10 +69,12 @@ from .algorithm import (
     StepConfig,
     StepInfo,
     algorithm_step,
+    calibrate_discriminator,
     check_penalty_and_pairing,
 )
 from .data import Dataset, load_data
 from .distributed import (
+    STOP_SIGNALS,
     DistContext,
     attach,
     check_supported,
@@ -71,6 +83,8 @@ from .distributed import (
     rank_seed,
 )
 from .divergences import get_divergence
+from .flow_map import flow_map_step, initial_pairs
+from .generator_init import fit_generator_to_law
 from .metrics import energy_distance, mode_metrics, w2
 from .networks import (
     ACTIVATIONS,
@@ -92,8 +106,11 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "sgd")
-# the generator methods of algorithm.py, and the particle method of particle_flow.py
-TRAIN_METHODS = (*METHODS, "particles")
+# the generator methods of algorithm.py, the particle method of particle_flow.py and the
+# persistent-pairs generator of flow_map.py
+TRAIN_METHODS = (*METHODS, "particles", "flow-map")
+# methods that keep N particles as state (checkpointed; single-process)
+_PARTICLE_METHODS = ("particles", "flow-map")
 # particles kept per snapshot: enough for `ganflow track`'s KDE (n = 5000 by default)
 # without writing N x d floats at every evaluation
 _SNAPSHOT_PARTICLES = 20000
@@ -103,33 +120,46 @@ class TrainingDivergedError(RuntimeError):
     """A loss or a parameter became NaN/Inf; the message names the iteration and quantity."""
 
 
+# TrainConfig fields that are not `ganflow train` options; every other one is the flag
+# --field-name, and bad-value messages name the flag
+_NOT_OPTIONS = ("eval_samples", "w2_samples", "lr_decay_iters")
+
+
+def _flag(name: str) -> str:
+    return name if name in _NOT_OPTIONS else "--" + name.replace("_", "-")
+
+
 @dataclass
 class TrainConfig:
     r"""Every option of a run; the defaults are ``ganflow train``'s.
 
-    They are the best configuration measured on ring8 (issue 3's closing note):
-    Algorithm 1 with the JSD, eps = 1, K = 1, index pairing, Adam (lr 1e-3, beta1 0.5)
-    for both networks with a linear learning-rate decay to 1 %, batch 512, 3 x 128 ReLU
-    MLPs, latent dimension 2, 10 000 iterations: seeds 0-5 all ended with 8 modes,
-    HQ 95-97 % and mode-weight KL <= 0.0035, in 150-162 s wall each on the shared
-    2-core machine. Measured and rejected: lr 1e-4 without decay (84 % HQ after 15 000
-    iterations), batch 256 (seed 4 kept a mode-weight KL of 0.13), the ns divergence
-    (seed 4: KL 0.16), persistent fitting K = 5 and assignment pairing at this learning
-    rate (both diverged: W2 > 10).
+    The defaults are Algorithm 1 with the JSD, eps = 1, K = 1, index pairing, Adam
+    (lr 1e-3, beta1 0.5) for both networks with a linear learning-rate decay to 1 %,
+    batch 512, 3 x 128 ReLU MLPs, latent dimension 2 and 10 000 iterations: the paper's
+    algorithm as it stands, with the settings that did best on ring8 (all modes, balanced
+    weights, across seeds). The comments on the fields below give the reason for each choice;
+    the runs behind them and the alternatives that were rejected are in
+    benchmarks/README.md ("Notes moved from docstrings").
     """
 
     data: str = "ring8"
     method: str = "flow"
     divergence: str = "jsd"
     eps: float = 1.0
-    fit_steps: int = 1
+    # None = by method: 1 and 1 (the paper's Algorithm 1 and the GANs); flow-map 20 and 10,
+    # since its generator stays on the flow only if D is calibrated and the fit accurate
+    # at every step (benchmarks/README.md, "flow-map")
+    fit_steps: int | None = None
     pairing: str = "index"
-    d_steps: int = 1
+    d_steps: int | None = None
+    # D steps before the first move (None = by method: flow-map 500, else 0): the drift
+    # at t = 0 needs a calibrated D as much as any later one
+    d_warmup: int | None = None
     # gamma of an R1 penalty (gamma/2) E_data |grad f|^2 on D; 0 = off (the paper). On
     # ring8 with SGD it stops the collapse and the runaway (benchmarks/bench_divergence.py)
     d_penalty: float = 0.0
-    # 512, not 256: with 256 one seed in five (seed 4) kept a mode-weight KL of 0.13; a
-    # larger batch estimates the mode weights, which the flow must balance, better
+    # 512 rather than 256: a larger batch estimates the mode weights, which the flow
+    # must balance, better
     batch_size: int = 512
     lr_g: float = 1e-3
     lr_d: float = 1e-3
@@ -165,12 +195,18 @@ class TrainConfig:
     fit_max_steps: int = 20
     # faithful only: the CFL step is set by this quantile of |drift| (1 = the max), so a
     # few fast points cannot freeze flow time; the fit is by the optimizer above
-    # ("gauss-newton": a scale-aware least-squares solve; it fits the batch but, late on
-    # ring8, no better on fresh z and at 8x the cost: measurements in algorithm.py)
+    # ("gauss-newton": a scale-aware least-squares solve; it fits the batch but, once G
+    # sits on narrow modes, no better on fresh z and at several times the cost: see
+    # algorithm.py's docstring, and benchmarks/README.md for the runs)
     step_quantile: float = 0.9
     fit_solver: str = "optimizer"
-    # method "particles" only: N particles, their start ("" = N(0, I_d), the latent law in
-    # data space; "generator" = the law of the untrained generator of the same seed; else
+    # the law every method starts from: "" = the untrained generator's (particles: N(0, I_d)
+    # unless particle_init says otherwise), else a --data spec of the data's dimension that
+    # the generator is fitted to before iteration 0 (ganflow.generator_init)
+    init: str = ""
+    # methods "particles" and "flow-map": N particles (flow-map: N latent-particle pairs);
+    # "particles" only: their start ("" = N(0, I_d), the latent law in data space, or the
+    # --init law; "generator" = the law of the untrained generator of the same seed; else
     # any --data spec of the same dimension), and the optional set-wise distillation of
     # the final particles into a generator
     particles: int = 10000
@@ -181,66 +217,77 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in TRAIN_METHODS:
             raise GanflowError(
-                f"unknown method {self.method!r}: expected one of {list(TRAIN_METHODS)}")
+                f"unknown --method {self.method!r}: expected one of {list(TRAIN_METHODS)}")
         if self.pairing not in PAIRINGS:
             raise GanflowError(
-                f"unknown pairing {self.pairing!r}: expected one of {list(PAIRINGS)}"
+                f"unknown --pairing {self.pairing!r}: expected one of {list(PAIRINGS)}"
             )
         check_penalty_and_pairing(self.d_penalty, self.pairing, self.faithful)
         if self.optimizer not in OPTIMIZERS:
             raise GanflowError(
-                f"unknown optimizer {self.optimizer!r}: expected one of {list(OPTIMIZERS)}"
+                f"unknown --optimizer {self.optimizer!r}: expected one of {list(OPTIMIZERS)}"
             )
         if self.activation not in ACTIVATIONS:
             raise GanflowError(
-                f"unknown activation {self.activation!r}: expected one of {sorted(ACTIVATIONS)}"
+                f"unknown --activation {self.activation!r}: expected one of {sorted(ACTIVATIONS)}"
             )
         if self.fit_solver not in FIT_SOLVERS:
             raise GanflowError(
-                f"unknown fit solver {self.fit_solver!r}: expected one of {list(FIT_SOLVERS)}"
+                f"unknown --fit-solver {self.fit_solver!r}: expected one of {list(FIT_SOLVERS)}"
             )
         if not (0 < self.step_quantile <= 1):
-            raise GanflowError(f"step_quantile must be in (0, 1], got {self.step_quantile!r}")
+            raise GanflowError(f"--step-quantile must be in (0, 1], got {self.step_quantile!r}")
         get_divergence(self.divergence)
         for name in ("lr_g", "lr_d", "eps", "cfl", "fit_tol", "calib_tol"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
-                raise GanflowError(f"{name} must be a positive finite number, got {v!r}")
+                raise GanflowError(f"{_flag(name)} must be a positive finite number, got {v!r}")
         for name in ("lr_decay", "eps_decay"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0 < v <= 1):
-                raise GanflowError(f"{name} must be in (0, 1], got {v!r}")
+                raise GanflowError(f"{_flag(name)} must be in (0, 1], got {v!r}")
         if not (0 <= self.beta1 < 1):
-            raise GanflowError(f"beta1 must be in [0, 1), got {self.beta1!r}")
-        for name in ("width", "latent_dim", "iterations"):
+            raise GanflowError(f"--beta1 must be in [0, 1), got {self.beta1!r}")
+        for name in ("width", "latent_dim", "iterations", "fit_steps", "d_steps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise GanflowError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("fit_steps", "d_steps", "batch_size", "eval_every", "eval_samples",
+                raise GanflowError(f"{_flag(name)} must be a positive integer, got {v!r}")
+        if self.d_warmup is not None and (not isinstance(self.d_warmup, int)
+                                          or isinstance(self.d_warmup, bool) or self.d_warmup < 0):
+            raise GanflowError(f"--d-warmup must be an integer >= 0, got {self.d_warmup!r}")
+        for name in ("batch_size", "eval_every", "eval_samples",
                      "w2_samples",
                      "calib_max_steps", "fit_max_steps", "particles", "distil_iterations"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise GanflowError(f"{name} must be a positive integer, got {v!r}")
-        if self.depth < 0 or self.lr_decay_iters < 0:
-            raise GanflowError(
-                f"depth and lr_decay_iters must be >= 0, got {self.depth!r}, "
-                f"{self.lr_decay_iters!r}"
-            )
+                raise GanflowError(f"{_flag(name)} must be a positive integer, got {v!r}")
+        if self.depth < 0:
+            raise GanflowError(f"--depth must be an integer >= 0, got {self.depth!r}")
+        if self.lr_decay_iters < 0:
+            raise GanflowError(f"lr_decay_iters must be >= 0, got {self.lr_decay_iters!r}")
         if self.eval_samples < 2 or self.w2_samples < 2:
             raise GanflowError("eval_samples and w2_samples must be at least 2")
-        if self.method == "particles" and self.particles < 2:
-            raise GanflowError(f"particles must be at least 2, got {self.particles!r}")
+        if self.method in _PARTICLE_METHODS and self.particles < 2:
+            raise GanflowError(f"--particles must be at least 2, got {self.particles!r}")
         if self.distil and self.method != "particles":
             raise GanflowError(
                 f"--distil fits a generator to particles: it needs --method particles, "
                 f"not {self.method!r}")
+        if self.method == "flow-map" and self.divergence == "chi2":
+            raise GanflowError(
+                "--method flow-map refuses --divergence chi2: its drift 2 e^(-f) grad f is "
+                "unbounded where D -> 1 (on ring8 Algorithm 1 blew up with it in 3 of 3 seeds), "
+                "and every particle is moved by it; use kl (the fastest stable flow), jsd or ns")
         _parse_device(self.device)
 
     def resolved(self, data: Dataset) -> TrainConfig:
         """This config with the data-dependent defaults (``None`` fields) filled in."""
         image = data.image_shape is not None
+        flow_map = self.method == "flow-map"
         auto = {
+            "d_steps": 20 if flow_map else 1,
+            "fit_steps": 10 if flow_map else 1,
+            "d_warmup": 500 if flow_map else 0,
             "width": 32 if image else 128,
             "latent_dim": 16 if image else (2 if data.dim <= 2 else data.dim),
             "iterations": 3000 if image else 10000,
@@ -252,8 +299,8 @@ class TrainConfig:
 
     def step_config(self, length_scale: float) -> StepConfig:
         keys = {f.name for f in fields(StepConfig)} - {"length_scale", "method"}
-        # the particle step is the flow's step without the fit: same D, drift, step control
-        method = "flow" if self.method == "particles" else self.method
+        # the particle and flow-map steps use the flow's D, drift and step control
+        method = "flow" if self.method in _PARTICLE_METHODS else self.method
         return StepConfig(length_scale=length_scale, method=method,
                           **{k: getattr(self, k) for k in keys})
 
@@ -271,10 +318,12 @@ class TrainConfig:
 def _parse_device(text: str) -> torch.device:
     try:
         dev = torch.device(text)
-    except (RuntimeError, TypeError) as exc:
-        raise GanflowError(f"unknown device {text!r}: expected cpu, cuda, cuda:N, mps") from exc
+    except (RuntimeError, TypeError):
+        raise GanflowError(f"unknown --device {text!r}: expected cpu, cuda, cuda:N, mps"
+                           ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GanflowError(f"device {text!r} asked for, but CUDA is not available here")
+        raise GanflowError(f"--device {text!r} asked for, but CUDA is not available here; "
+                           "use --device cpu")
     return dev
 
 
@@ -301,15 +350,16 @@ class _Trainer:
         device = _parse_device(cfg.device)  # validates the option (CUDA present, ...)
         self.ctx = ctx or DistContext(device=device)
         check_supported(cfg, self.ctx)
-        if self.ctx.world_size > 1 and cfg.method == "particles":
+        if self.ctx.world_size > 1 and cfg.method in _PARTICLE_METHODS:
             raise GanflowError(
-                "--method particles is single-process for now: each rank would hold its own "
-                f"particles; run it without torchrun (world size {self.ctx.world_size})")
+                f"--method {cfg.method} is single-process for now: each rank would hold its "
+                f"own particles, whose moves need D's drift at all of them; run it without "
+                f"torchrun (world size {self.ctx.world_size}), on one GPU with --device cuda")
         self.device = self.ctx.device  # cuda:LOCAL_RANK under torchrun with NCCL
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             if data.image_shape is not None:
-                # images (issue 5): small DCGAN-style conv nets on flat (n, C*H*W) vectors;
+                # images: small DCGAN-style conv nets on flat (n, C*H*W) vectors;
                 # depth and activation are the MLP's and do not apply
                 G = make_conv_generator(cfg.latent_dim, data.image_shape, width=cfg.width)
                 D = make_conv_discriminator(data.image_shape, width=cfg.width)
@@ -332,16 +382,61 @@ class _Trainer:
         self.seconds = 0.0
         self.last_metrics: dict = {}
         self.recent: list[StepInfo] = []
+        # particles (method particles) or the x_i of the pairs (flow-map), and the pairs' z_i;
+        # set by start() for a new run, by load_checkpoint() for a saved one
         self.particles: torch.Tensor | None = None
+        self.latents: torch.Tensor | None = None
+        self.init_residual: float | None = None
         self.distilled = False
         self._rng_states: list[torch.Tensor] | None = None  # set by _save_all_ranks
+
+    @property
+    def samples_are_particles(self) -> bool:
+        """True for the particle method: its samples are its particles (no generator)."""
+        return self.cfg.method == "particles"
+
+    def start(self) -> None:
+        """Set up a new run's iteration 0: G fitted to the ``init`` law if one is given,
+        then the particles or pairs. Each has its own seed stream, so the training batches
+        are the same whatever the start."""
+        cfg = self.cfg
+        if cfg.init:
+            law = self._init_law()
+            self.init_residual = fit_generator_to_law(
+                self.G, law, latent_dim=cfg.latent_dim, device=self.device,
+                generator=torch.Generator().manual_seed(cfg.seed + 5))
         if cfg.method == "particles":
             self.particles = self._initial_particles().to(self.device)
+        elif cfg.method == "flow-map":
+            self.latents, self.particles = initial_pairs(
+                self.G, cfg.particles, cfg.latent_dim,
+                torch.Generator().manual_seed(cfg.seed + 3), device=self.device)
+        if cfg.d_warmup:
+            m = cfg.batch_size
+            if self.particles is not None:
+                def fake() -> torch.Tensor:
+                    return self.particles[self.pick_particles(m)]
+            else:
+                def fake() -> torch.Tensor:
+                    with torch.no_grad():
+                        return self.G(self.sample_latent(m))
+            calibrate_discriminator(self.D, self.opt_d, lambda: self.sample_data(m), fake,
+                                    steps=cfg.d_warmup, penalty=cfg.d_penalty)
+
+    def _init_law(self) -> Dataset:
+        law = load_data(self.cfg.init)
+        if law.dim != self.data.dim:
+            raise GanflowError(
+                f"--init {self.cfg.init!r} is {law.dim}-dimensional; the data "
+                f"{self.data.name!r} is {self.data.dim}-dimensional")
+        return law
 
     def _initial_particles(self) -> torch.Tensor:
         cfg, data = self.cfg, self.data
         # its own seed stream: the training batches are the same with or without particles
         gen = torch.Generator().manual_seed(cfg.seed + 3)
+        if not cfg.particle_init and cfg.init:
+            return self._init_law().sample(cfg.particles, gen).float()
         if not cfg.particle_init:
             return torch.randn(cfg.particles, data.dim, generator=gen)
         if cfg.particle_init == "generator":
@@ -367,12 +462,12 @@ class _Trainer:
     def eval_n(self) -> int:
         """Samples per evaluation: ``eval_samples``, at most N for a particle run."""
         n = self.cfg.eval_samples
-        return n if self.particles is None else min(n, self.particles.shape[0])
+        return min(n, self.particles.shape[0]) if self.samples_are_particles else n
 
     @torch.no_grad()
     def draw(self, n: int, gen: torch.Generator, *, use_generator: bool = False) -> torch.Tensor:
         """n samples of the model: G(z), or n distinct particles (fixed by ``gen``)."""
-        if self.particles is None or use_generator:
+        if not self.samples_are_particles or use_generator:
             return self.G(self.sample_latent(n, gen))
         total = self.particles.shape[0]
         if n > total:
@@ -422,7 +517,7 @@ class _Trainer:
                          use_generator=use_generator).double().cpu()
         held = self.data.sample(n, torch.Generator().manual_seed(cfg.seed + 2))
         out: dict = {}
-        if self.particles is not None:
+        if self.samples_are_particles and not use_generator:
             out["n_eval"] = n
         if not torch.isfinite(fake).all():
             raise TrainingDivergedError(
@@ -436,26 +531,61 @@ class _Trainer:
         out["w2"] = w2(fake[:k], held[:k].double())
         return out
 
+    def _init_metrics(self) -> dict:
+        """The start against the ``init`` law: energy distance of the model's samples to
+        fresh draws of it, next to the same distance between two draws (the noise floor)."""
+        n = self.eval_n
+        law = self._init_law()
+        fake = self.draw(n, torch.Generator().manual_seed(self.cfg.seed + 1)).double().cpu()
+        a, b = (law.sample(n, torch.Generator().manual_seed(self.cfg.seed + s)).double()
+                for s in (6, 7))
+        out = {"init_energy": energy_distance(fake, a), "init_energy_floor": energy_distance(b, a)}
+        if self.init_residual is not None:
+            out["init_fit_mse"] = self.init_residual
+        return out
+
+    def _particle_metrics(self) -> dict:
+        """Flow-map: the pairs' particles (the flow's state) on a fixed subsample, with the
+        prefix ``particles_``: how far the generator is from them shows in the gap."""
+        if self.data.mixture is None:
+            return {}
+        n = min(self.cfg.eval_samples, self.particles.shape[0])
+        idx = torch.randperm(self.particles.shape[0],
+                             generator=torch.Generator().manual_seed(self.cfg.seed + 1))[:n]
+        x = self.particles[idx.to(self.device)].double().cpu()
+        return {f"particles_{k}": v for k, v in mode_metrics(x, self.data.mixture).items()}
+
+    def _pair_rms(self, n: int = 2500) -> float:
+        """RMS |G(z_i) - x_i| over the first n pairs: how far G is from the flow's state."""
+        z, x = self.latents[:n], self.particles[:n]
+        return float((self.G(z) - x).pow(2).sum(-1).mean().sqrt())
+
     def _image_metrics(self, fake: torch.Tensor) -> dict:
         # Frechet distance and class coverage in the feature space of ganflow's own
         # classifier (trained once per data set and cached: ganflow.features)
         from .features import image_metrics
 
         res = image_metrics(fake.float(), self.data, seed=self.cfg.seed)
+        # unlabelled images have no class metrics (None): left out of metrics.jsonl
         return {k: res[k] for k in ("frechet_distance", "frechet_distance_floor",
-                                    "class_coverage", "class_kl")}
+                                    "class_coverage", "class_kl") if res[k] is not None}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         out: dict = {"iteration": self.iteration, "flow_time": self.flow_time,
                      "seconds": round(self.seconds, 3)}
         out.update(self.sample_metrics())
+        if self.iteration == 0 and self.cfg.init:
+            out.update(self._init_metrics())
+        if self.latents is not None:
+            out["pair_rms"] = self._pair_rms()
+            out.update(self._particle_metrics())
         if self.recent:
             for key in ("d_loss", "g_loss", "drift_rms", "drift_max", "fit_ratio"):
                 vals = [getattr(s, key) for s in self.recent]
                 mean = sum(vals) / len(vals)
                 out[key] = mean if math.isfinite(mean) else None
-            if self.particles is not None:
+            if self.samples_are_particles:
                 del out["g_loss"], out["fit_ratio"]  # no generator is fitted
             out["d_steps"] = sum(s.d_steps for s in self.recent) / len(self.recent)
             out["fit_steps"] = sum(s.fit_steps for s in self.recent) / len(self.recent)
@@ -487,6 +617,8 @@ class _Trainer:
             tensors[f"rng.train.{r}"] = st
         if self.particles is not None:
             tensors["particles"] = self.particles.detach().cpu().contiguous()
+        if self.latents is not None:
+            tensors["latents"] = self.latents.detach().cpu().contiguous()
         return tensors, meta
 
     def save_checkpoint(self) -> Path:
@@ -502,12 +634,11 @@ class _Trainer:
         ck = self.run_dir / "checkpoints"
         ck.mkdir(parents=True, exist_ok=True)
         tensors, meta = self.state_tensors()
-        fname = f"state-{self.iteration:08d}.safetensors"
-        tmp = ck / f".{fname}.tmp"
-        save_file(tensors, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, ck / fname)
+        # weights, then state-<it>.json (this checkpoint's own record, for a
+        # fallback when a newer one is damaged), then latest.json (the commit); each is
+        # written temp + fsync + rename, so a kill at any moment leaves a loadable state
+        fname, sname = _runfolder.checkpoint_files(self.iteration)
+        write_safetensors_atomic(ck / fname, tensors)
         state = {"iteration": self.iteration, "flow_time": self.flow_time,
                  "seconds": self.seconds, "weights": fname, "torch": torch.__version__,
                  "distilled": self.distilled, "world_size": self.ctx.world_size,
@@ -516,22 +647,21 @@ class _Trainer:
                  # resumed run logs the same averages as one that never stopped
                  "recent": [{k: (v if math.isfinite(v) else None) for k, v in asdict(s).items()}
                             for s in self.recent]}
+        write_json_atomic(ck / sname, state)
         write_json_atomic(ck / "latest.json", state)
-        # keep the newest two weight files: the one latest.json names, and one before it
-        olds = sorted(ck.glob("state-*.safetensors"))[:-2]
-        for p in olds:
-            p.unlink(missing_ok=True)
+        # keep the newest two checkpoints: the one latest.json names, and one before it
+        _runfolder.prune_checkpoints(ck, fname)
         return ck / fname
 
     def load_checkpoint(self, *, resuming: bool = False) -> None:
-        ck = self.run_dir / "checkpoints"
-        try:
-            state = json.loads((ck / "latest.json").read_text())
-            tensors = load_file(str(ck / state["weights"]))
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise GanflowError(
-                f"cannot resume from {str(self.run_dir)!r}: no readable checkpoint ({exc})"
-            ) from exc
+        # the newest checkpoint that loads: a damaged or mismatched one is reported on
+        # stderr and the one before it used; none loading is a GanflowError
+        _runfolder.load_newest_checkpoint(
+            self.run_dir, lambda state, tensors: self._load_state(state, tensors,
+                                                                  resuming=resuming))
+
+    def _load_state(self, state: dict, tensors: dict, *, resuming: bool = False) -> None:
+        """Set every part of the trainer from one checkpoint (raises on a mismatch)."""
         for name, net in (("G", self.G), ("D", self.D)):
             sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
             net.load_state_dict(sd)
@@ -558,8 +688,10 @@ class _Trainer:
                 "stream is part of the checkpoint")
         key = "rng.train" if self.ctx.rank == 0 else f"rng.train.{self.ctx.rank}"
         self.gen.set_state(tensors[key])
-        if self.particles is not None:
+        if "particles" in tensors:
             self.particles = tensors["particles"].to(self.device)
+        if "latents" in tensors:
+            self.latents = tensors["latents"].to(self.device)
         self.distilled = bool(state.get("distilled", False))
         self.iteration = int(state["iteration"])
         self.flow_time = float(state["flow_time"])
@@ -580,8 +712,9 @@ class _Trainer:
         t0 = time.perf_counter() - self.seconds
         # Ctrl-C only sets a flag: the loop stops between iterations, so the saved state is
         # never half an update (a repeat within 2 s, as torchrun forwards it, is the same
-        # Ctrl-C; a later one gives up at once)
-        with interrupt_flag() as interrupted:
+        # Ctrl-C; a later one gives up at once). SIGTERM (a scheduler, docker stop, kill)
+        # is a Ctrl-C too: checkpoint, summary, the resume command
+        with interrupt_flag(signals=STOP_SIGNALS) as interrupted:
             bar = tqdm(total=cfg.iterations, initial=self.iteration,
                        disable=not (progress and main), dynamic_ncols=True,
                        desc=f"{cfg.method} {self.data.name}")
@@ -595,17 +728,7 @@ class _Trainer:
                         status = "interrupted"
                         break
                     self._set_lr()
-                    if self.particles is not None:
-                        info = particle_step(self.D, self.opt_d, self.particles,
-                                             self.sample_data, self.pick_particles,
-                                             self.step_cfg)
-                        checked = ("d_loss", "drift_max")
-                        self.distilled = False  # the particles moved on from any distilled G
-                    else:
-                        info = algorithm_step(self.G, self.D, self.opt_g, self.opt_d,
-                                              self.sample_data, self.sample_latent,
-                                              self.step_cfg)
-                        checked = ("d_loss", "g_loss")
+                    info, checked = self._step()
                     bad = [q for q in checked if not math.isfinite(getattr(info, q))]
                     if ctx.any_flag(bool(bad)):  # all ranks raise together, none hangs
                         what = (f"{bad[0].replace('_', ' ')} is {getattr(info, bad[0])}"
@@ -615,7 +738,10 @@ class _Trainer:
                     self.flow_time += info.flow_time
                     self.recent.append(info)
                     self.seconds = time.perf_counter() - t0
-                    if self.iteration % cfg.eval_every == 0 or self.iteration == end:
+                    # evaluations at eval_every and the horizon only: a stop_at between
+                    # them saves without one (below), so the rows and the step-statistics
+                    # window are those of a run that never stopped
+                    if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
                         self._evaluate_and_save(metrics_path)
                         bar.set_postfix(self._postfix(), refresh=False)
                     elif self.iteration % 50 == 0:
@@ -626,6 +752,9 @@ class _Trainer:
                     self._save_all_ranks()
                 elif self.iteration < cfg.iterations:
                     status = "stopped"
+                    if self.iteration % cfg.eval_every:  # as Ctrl-C: a checkpoint, no row
+                        self.seconds = time.perf_counter() - t0
+                        self._save_all_ranks()
                 elif cfg.distil and self.particles is not None:
                     bar.close()
                     status = self.distil(interrupted, progress=progress)
@@ -645,6 +774,19 @@ class _Trainer:
                     (self.run_dir / "samples" / "plot-error.txt").write_text(repr(exc))
         return TrainResult(self.run_dir, status, self.iteration, self.flow_time, self.seconds,
                            dict(self.last_metrics))
+
+    def _step(self) -> tuple[StepInfo, tuple[str, ...]]:
+        """One iteration of the run's method, and the StepInfo fields that must be finite."""
+        if self.cfg.method == "particles":
+            self.distilled = False  # the particles move on from any distilled G
+            return particle_step(self.D, self.opt_d, self.particles, self.sample_data,
+                                 self.pick_particles, self.step_cfg), ("d_loss", "drift_max")
+        if self.cfg.method == "flow-map":
+            return flow_map_step(self.G, self.D, self.opt_g, self.opt_d, self.latents,
+                                 self.particles, self.sample_data, self.pick_particles,
+                                 self.step_cfg), ("d_loss", "g_loss", "drift_max")
+        return algorithm_step(self.G, self.D, self.opt_g, self.opt_d, self.sample_data,
+                              self.sample_latent, self.step_cfg), ("d_loss", "g_loss")
 
     def _save_all_ranks(self) -> None:
         """Checkpoint on rank 0 with every rank's batch-generator state (a collective:
@@ -712,17 +854,14 @@ class _Trainer:
         # the generator at every evaluation: `ganflow track` compares each with the PDE
         # solution at the same flow time (a few KB for the MLPs; written before the row,
         # so every logged row has its snapshot)
-        if self.particles is not None:
+        if self.samples_are_particles:
             snap = self.run_dir / "snapshots" / f"P-{self.iteration:08d}.safetensors"
             tensors = {"particles": self.particles[:_SNAPSHOT_PARTICLES].detach().cpu()
                        .contiguous()}
         else:
             snap = self.run_dir / "snapshots" / f"G-{self.iteration:08d}.safetensors"
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.G.state_dict().items()}
-        snap.parent.mkdir(parents=True, exist_ok=True)
-        tmp = snap.parent / f".{snap.name}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, snap)
+        write_safetensors_atomic(snap, tensors)
         if self.data.image_shape is not None:
             # a sample grid at every evaluation: how the images form over training
             from .run_plots import save_image_grid
@@ -732,10 +871,7 @@ class _Trainer:
             save_image_grid(grid.cpu(), self.data.image_shape,
                             self.run_dir / "samples" / f"grid-{self.iteration:08d}.png")
         self.last_metrics = row
-        with open(path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line_durable(path, json.dumps(row))
 
     def _write_summary(self, status: str) -> None:
         rows = read_metrics(self.run_dir)
@@ -747,7 +883,15 @@ class _Trainer:
                  f"- method {cfg.method}, divergence {cfg.divergence}, eps {cfg.eps}, "
                  f"K={cfg.fit_steps}, pairing {cfg.pairing}, faithful {cfg.faithful}, "
                  f"seed {cfg.seed}"]
-        if self.particles is not None:
+        if cfg.method in ("gan", "gan-ns"):
+            lines.append(f"- the {cfg.method} loss does not use the divergence; "
+                         f"{cfg.divergence} only names the flow `ganflow track` compares with")
+        if cfg.init:
+            lines.append(f"- started from --init {cfg.init}")
+        if self.latents is not None:
+            lines.append(f"- {self.latents.shape[0]} latent-particle pairs; the generator is "
+                         "regressed on them (metrics are the generator's)")
+        elif self.particles is not None:
             lines.append(f"- {self.particles.shape[0]} particles (no generator), started from "
                          f"{cfg.particle_init or 'N(0, I)'}; metrics on a subsample of "
                          f"{self.eval_n}")
@@ -780,11 +924,13 @@ def _fmt(v) -> str:
 
 # ------------------------------------------------------------------------ public API
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of ``metrics.jsonl`` (an empty list if there is none)."""
+    """The rows of ``metrics.jsonl`` (an empty list if there is none). A torn last line
+    (an append cut by a full disk or a kill) is skipped; ``--resume`` rewrites the file
+    without it. Every reader of metrics.jsonl goes through here."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)[0]
 
 
 def _fresh_run_dir(cfg: TrainConfig, data: Dataset) -> Path:
@@ -811,22 +957,34 @@ def train(
     :class:`TrainingDivergedError` on NaN/Inf (the last good checkpoint is kept).
     """
     cfg = config or TrainConfig()
+    if out is not None:
+        _runfolder.check_writable_target(out)  # before loading data (it may be large)
     data = load_data(cfg.data)
+    # data files are stored by absolute path: a resume from another folder finds them
+    cfg = replace(cfg, **_runfolder.absolute_data_specs(cfg))
     with distributed_session(cfg.device) as ctx:
         # rank 0 names the folder: a default name probes the disk, which must happen once
         run_dir = Path(ctx.broadcast_object(
             str(out) if out is not None else str(_fresh_run_dir(cfg, data))))
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        # (a lock or temp file alone is what a train killed before config.json leaves)
+        if run_dir.exists() and (not run_dir.is_dir() or _runfolder.has_content(run_dir)):
+            # suggest --resume only where it can work: a run folder with a checkpoint
+            resumable = (run_dir / "config.json").is_file() and (
+                run_dir / "checkpoints").is_dir()
             raise GanflowError(
-                f"output folder {str(run_dir)!r} exists and is not empty; choose a new --out, "
-                f"or continue it with --resume {run_dir}"
+                f"output folder {str(run_dir)!r} exists and is not empty; choose a new --out"
+                + (f", or continue it with --resume {run_dir}" if resumable else "")
             )
+        _runfolder.check_writable_target(run_dir)  # before any long work
         trainer = _Trainer(cfg, run_dir, data, ctx)  # builds everything before writing
+        trainer.start()
         ctx.barrier()  # every rank has checked the folder before rank 0 creates it
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / "config.json", asdict(trainer.cfg))
-        return trainer.run(progress=progress, stop_at=stop_at)
+        # rank 0 creates the folder and holds its writer's lock; a write error (full
+        # disk) ends the run with one line, the last checkpoint kept
+        with _runfolder.run_lock(run_dir, ctx, fresh=True), _runfolder.write_errors(run_dir):
+            if ctx.is_main:
+                write_json_atomic(run_dir / "config.json", asdict(trainer.cfg))
+            return trainer.run(progress=progress, stop_at=stop_at)
 
 
 def _load_run(run_dir: str | Path, ctx: DistContext | None = None, *, resuming: bool = False,
@@ -834,13 +992,24 @@ def _load_run(run_dir: str | Path, ctx: DistContext | None = None, *, resuming: 
     """The trainer of a run folder at its latest checkpoint. ``resuming`` (training on)
     requires the run's world size; sampling and plotting read any run on one process."""
     run_dir = Path(run_dir)
+    _runfolder.check_run_folder(run_dir)  # no symlinked subfolders: nothing outside it
     try:
         obj = json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise GanflowError(f"{str(run_dir)!r} is not a ganflow run folder: {exc}") from exc
     cfg = TrainConfig.from_dict({**obj, **{k: v for k, v in overrides.items() if v is not None}})
     trainer = _Trainer(cfg, run_dir, load_data(cfg.data), ctx)
-    trainer.load_checkpoint(resuming=resuming)
+    try:
+        trainer.load_checkpoint(resuming=resuming)
+    except _runfolder.NoCheckpointError:
+        if not resuming:
+            raise
+        # killed after config.json, before its first checkpoint: nothing was trained yet,
+        # so the run starts over from its config (as `train` would have)
+        if trainer.ctx.is_main:
+            _runfolder.note(f"{str(run_dir)!r} has no checkpoint yet (its run was stopped "
+                            "before the first one): starting it over from config.json")
+        trainer.start()
     trainer.ctx.broadcast_module(trainer.G)  # identical already; a cheap guarantee
     trainer.ctx.broadcast_module(trainer.D)
     return trainer
@@ -853,14 +1022,20 @@ def resume(
     r"""Continue a run from its latest checkpoint up to ``iterations`` (default: its own).
 
     Metrics rows after the checkpoint (from a crash) are dropped, so the file reads as
-    if the run had never stopped. A run trained on N processes resumes on N (torchrun)."""
+    if the run had never stopped. A run trained on N processes resumes on N (torchrun).
+    The run folder's lock is taken first (a second writer gets a
+    :class:`GanflowError` naming the holder's pid; a killed writer's lock is taken over);
+    the newest checkpoint that loads is used (a damaged one is reported on stderr); a
+    folder with config.json but no checkpoint yet starts over; a torn last metrics line is
+    dropped; a write error (full disk) ends the run with a one-line GanflowError."""
     obj_device = device
     if obj_device is None:
         try:
             obj_device = json.loads((Path(run_dir) / "config.json").read_text())["device"]
         except (OSError, KeyError, json.JSONDecodeError) as exc:
             raise GanflowError(f"{str(run_dir)!r} is not a ganflow run folder: {exc}") from exc
-    with distributed_session(obj_device) as ctx:
+    # the writer's lock before reading: a second writer stops here
+    with distributed_session(obj_device) as ctx, _runfolder.run_lock(run_dir, ctx):
         trainer = _load_run(run_dir, ctx, resuming=True, iterations=iterations, device=device)
         if trainer.iteration > trainer.cfg.iterations:
             raise GanflowError(
@@ -868,24 +1043,50 @@ def resume(
                 f"--iterations {trainer.cfg.iterations} would go back"
             )
         ctx.barrier()  # every rank has read the folder before rank 0 rewrites its files
-        if ctx.is_main:
-            rows = [r for r in read_metrics(run_dir) if r["iteration"] <= trainer.iteration]
-            write_bytes_atomic(Path(run_dir) / "metrics.jsonl",
-                               "".join(json.dumps(r) + "\n" for r in rows).encode())
-            write_json_atomic(Path(run_dir) / "config.json", asdict(trainer.cfg))
-        return trainer.run(progress=progress, stop_at=stop_at)
+        with _runfolder.write_errors(run_dir):
+            if ctx.is_main:
+                _runfolder.rewrite_metrics(Path(run_dir) / "metrics.jsonl", trainer.iteration)
+                write_json_atomic(Path(run_dir) / "config.json", asdict(trainer.cfg))
+            return trainer.run(progress=progress, stop_at=stop_at)
 
 
-def sample_run(run_dir: str | Path, n: int, *, seed: int = 0) -> torch.Tensor:
-    """Draw ``n`` samples (n, d) from a run's latest generator (CPU, float32).
+def sample_run(run_dir: str | Path, n: int, *, seed: int = 0,
+               snapshot: int | None = None) -> torch.Tensor:
+    """Draw ``n`` samples (n, d) from a run's latest generator (CPU, float32), or from
+    the generator saved at iteration ``snapshot`` (``snapshots/G-<iteration>``).
 
     For a ``particles`` run: from its distilled generator if it has one, else ``n``
-    distinct particles (a seeded random subset; at most N)."""
+    distinct particles (a seeded random subset; at most N); ``snapshot`` then reads the
+    particles saved at that evaluation (``snapshots/P-<iteration>``)."""
     if int(n) != n or n < 1:
         raise GanflowError(f"--n must be a positive integer, got {n!r}")
     trainer = _load_run(run_dir, device="cpu")
+    if snapshot is not None:
+        return _sample_snapshot(trainer, int(n), seed, snapshot)
     return trainer.draw(int(n), torch.Generator().manual_seed(seed),
                         use_generator=trainer.distilled)
+
+
+def _sample_snapshot(trainer: _Trainer, n: int, seed: int, iteration: int) -> torch.Tensor:
+    snaps = trainer.run_dir / "snapshots"
+    kind = "P" if trainer.samples_are_particles else "G"
+    path = snaps / f"{kind}-{iteration:08d}.safetensors"
+    if not path.is_file():
+        saved = sorted(int(p.stem.split("-")[1]) for p in snaps.glob(f"{kind}-*.safetensors"))
+        raise GanflowError(
+            f"--snapshot {iteration}: no snapshot at that iteration in {str(snaps)!r}; "
+            f"saved iterations: {saved}")
+    tensors = load_file(str(path))
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "P":
+        x = tensors["particles"]
+        if n > x.shape[0]:
+            raise GanflowError(
+                f"snapshot {path.name} holds {x.shape[0]} particles; asked for {n} (--n)")
+        return x[torch.randperm(x.shape[0], generator=gen)[:n]]
+    trainer.G.load_state_dict(tensors)
+    with torch.no_grad():
+        return trainer.G(trainer.sample_latent(n, gen))
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

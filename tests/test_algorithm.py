@@ -1,4 +1,4 @@
-r"""Algorithm 1 (THEORY.md section 5): Proposition 8, and an oracle run of the flow."""
+r"""Algorithm 1 (docs/theory.md section 5): Proposition 8, and an oracle run of the flow."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_r1_penalty_adds_gamma_w_to_a_linear_logits_gradient():
 
 def test_d_penalty_rejects_bad_values():
     for bad in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(GanflowError, match="d_penalty"):
+        with pytest.raises(GanflowError, match="--d-penalty"):
             StepConfig(d_penalty=bad)
 
 

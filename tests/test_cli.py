@@ -60,3 +60,11 @@ def test_bad_input_exits_non_zero_with_a_message(args, message, tmp_path):
     assert res.exit_code != 0
     assert message in res.output
     assert not out.exists()
+
+
+def test_version_prints_the_package_version():
+    import ganflow
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"ganflow {ganflow.__version__}"

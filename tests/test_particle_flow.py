@@ -196,5 +196,5 @@ def test_eps_decay_anneals_the_flow_step(tmp_path):
     cfg = TrainConfig(**{**TINY, "iterations": 20, "eps_decay": 0.5, "lr_decay": 1.0})
     res = train(cfg, out=tmp_path / "e", progress=False)
     assert res.flow_time == pytest.approx(15.25, rel=1e-12)
-    with pytest.raises(GanflowError, match="eps_decay must be in"):
+    with pytest.raises(GanflowError, match="--eps-decay must be in"):
         TrainConfig(eps_decay=0.0)

@@ -117,9 +117,9 @@ def test_nothing_overwritten_and_bad_options(tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(GanflowError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")
-    with pytest.raises(GanflowError, match="d_penalty must be a finite number >= 0"):
+    with pytest.raises(GanflowError, match="--d-penalty must be a finite number >= 0"):
         TrainConfig(d_penalty=-0.5)
-    with pytest.raises(GanflowError, match="pairing 'energy'"):
+    with pytest.raises(GanflowError, match="--pairing energy"):
         TrainConfig(pairing="energy", faithful=True)
     with pytest.raises(GanflowError, match="unknown data"):
         train(TrainConfig(**{**TINY, "data": "spiral"}), out=tmp_path / "new", progress=False)
@@ -148,12 +148,12 @@ def test_cli_train_sample_plot(tmp_path):
 
 @pytest.mark.parametrize(("args", "match"), [
     (["--data", "missing.npy"], "does not exist"),
-    (["--method", "wgan"], "unknown method"),
-    (["--pairing", "greedy"], "unknown pairing"),
+    (["--method", "wgan"], "unknown --method"),
+    (["--pairing", "greedy"], "unknown --pairing"),
     (["--divergence", "hellinger"], "unknown divergence"),
     (["--eps", "-1"], "eps"),
-    (["--faithful", "--fit-solver", "lbfgs"], "unknown fit solver"),
-    (["--faithful", "--step-quantile", "1.5"], "step_quantile"),
+    (["--faithful", "--fit-solver", "lbfgs"], "unknown --fit-solver"),
+    (["--faithful", "--step-quantile", "1.5"], "--step-quantile"),
 ])
 def test_cli_errors(tmp_path, args, match):
     out = tmp_path / "run"

@@ -1,0 +1,108 @@
+r"""A generator that follows the flow: persistent latent-particle pairs (docs/theory.md section 8).
+
+Algorithm 1 builds the flow map recursively, y = G_n(z) + eps drift(G_n(z)),
+G_{n+1} ~ y: every fit error enters the next targets and the next drift. This method
+keeps the flow's state where fit errors cannot reach it (section 8, remedy (a)). It holds
+N pairs (z_i, x_i) with x_i(0) = G_0(z_i), and one iteration is
+
+1. calibrate D on fresh data against a random batch of the x_i (eq. 21);
+2. move every x_i by eps * m(e^{-f(x_i)}) grad f(x_i): one Euler step of ODE (2), the
+   drift of eq. (20) / section 7 estimated by D (:func:`ganflow.particle_flow.particle_step`);
+3. K descent steps of G on (1/m) sum_i |G(z_i) - x_i|^2, each on a fresh random batch of
+   m pairs (:func:`fit_pairs`).
+
+The x_i are the particle solution of ODE (2) started from G_0's law; x_i(t) =
+X_t(G_0(z_i)), so G is regressed on the flow map G_t = X_t o G_0 itself, point by point.
+G's error never feeds back into the x_i, so it does not compound: it is the fit's error at
+time t alone. Flow time advances by eps per iteration (or the controlled step of the
+faithful mode, which applies to the particles' move).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .algorithm import StepConfig, StepInfo
+from .particle_flow import particle_step
+
+__all__ = ["fit_pairs", "flow_map_step", "initial_pairs"]
+
+
+@torch.no_grad()
+def initial_pairs(
+    G: nn.Module, n: int, latent_dim: int, generator: torch.Generator, *,
+    device: torch.device | str = "cpu", chunk: int = 8192,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""N pairs (z_i, x_i = G_0(z_i)): z (n, latent_dim) ~ N(0, I) from ``generator`` (on
+    the CPU, so the draw is the same on every device), x (n, d) by G in chunks."""
+    z = torch.randn(n, latent_dim, generator=generator).to(device)
+    x = torch.cat([G(z[s:s + chunk]) for s in range(0, n, chunk)])
+    return z, x
+
+
+def fit_pairs(
+    G: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    latents: torch.Tensor,
+    particles: torch.Tensor,
+    pick: Callable[[int], torch.Tensor],
+    *,
+    batch_size: int,
+    steps: int,
+) -> float:
+    r"""``steps`` descent steps of G on (1/m) sum |G(z_i) - x_i|^2, a fresh random batch of
+    m = ``batch_size`` pairs each (``pick(m)`` gives their indices); returns the mean loss
+    over the steps (each taken before its update), NaN if one was not finite."""
+    total = 0.0
+    for _ in range(steps):
+        idx = pick(batch_size)
+        opt_g.zero_grad(set_to_none=True)
+        loss = (G(latents[idx]) - particles[idx]).pow(2).sum(-1).mean()
+        loss.backward()
+        opt_g.step()
+        total += float(loss.detach())
+    mean = total / steps
+    return mean if math.isfinite(mean) else float("nan")
+
+
+def flow_map_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer | None,
+    latents: torch.Tensor,
+    particles: torch.Tensor,
+    sample_data: Callable[[int], torch.Tensor],
+    pick: Callable[[int], torch.Tensor],
+    cfg: StepConfig,
+    *,
+    chunk: int = 8192,
+) -> StepInfo:
+    r"""One iteration of the flow-map method (module docstring): calibrate, move, fit.
+
+    Args:
+        G: the generator, R^n -> R^d.
+        D: the logit f. With ``opt_d`` None it is taken as exact, f = ln(rho_d / u_t)
+            (an oracle, e.g. in a closed-form test), and not calibrated.
+        latents: (N, n) the z_i; particles: (N, d) the x_i, moved IN PLACE.
+        sample_data: ``sample_data(m)`` draws a fresh data batch on the device.
+        pick: ``pick(m)`` returns m pair indices (D's fake batch and the fit batches).
+        cfg: ``batch_size`` m, ``d_steps``, ``fit_steps`` K, ``eps``, ``divergence``, the
+            faithful mode's step control and ``d_penalty``; ``pairing`` is unused (the
+            pairs are the pairing).
+    Returns a :class:`StepInfo`: ``g_loss`` the mean fit loss, ``fit_ratio`` the RMS
+    residual of the fit over the RMS move of this step (how many steps G lags behind its
+    particles); ``drift_max`` NaN if some move was not finite (the caller must stop).
+    """
+    info = particle_step(D, opt_d, particles, sample_data, pick, cfg, chunk=chunk)
+    g_loss = fit_pairs(G, opt_g, latents, particles, pick, batch_size=cfg.batch_size,
+                       steps=cfg.fit_steps)
+    move = info.flow_time * info.drift_rms
+    info.g_loss = g_loss
+    info.fit_steps = cfg.fit_steps
+    info.fit_ratio = math.sqrt(g_loss) / move if move > 0 else float("nan")
+    return info
