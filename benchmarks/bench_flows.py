@@ -2,7 +2,7 @@ r"""Which flow converges fastest? (evaluation issue, benchmark 4)
 
 The target ``barrier`` (0.3 N(-1.5, 0.5^2) + 0.7 N(1.5, 0.5^2)) has a low-density barrier
 between unequal modes; the start N(-1.5, 0.5^2) sits on the light mode, so 0.4 of the mass
-must cross the barrier. For each mobility (THEORY.md section 7: jsd, kl, ns, chi2) the
+must cross the barrier. For each mobility (docs/theory.md section 7: jsd, kl, ns, chi2) the
 Fokker-Planck equation is solved from the same start, and so is the KDE particle flow
 (``ganflow.simulate_particles``: N particles, Heun steps, the drift from a Gaussian KDE
 of the particles; ``--particles 0`` skips it). Reported: the flow time at which

@@ -1,4 +1,4 @@
-r"""One iteration of Algorithm 1 (THEORY.md section 5) from three separate callables.
+r"""One iteration of Algorithm 1 (docs/theory.md section 5) from three separate callables.
 
 * :func:`calibrate_discriminator` - ascent on the logistic objective (21),
   E_data[ln D] + E_G[ln(1 - D)] with D = sigmoid(f), for a fixed number of steps or,
@@ -38,23 +38,20 @@ least ``fit_steps`` and at most ``fit_max_steps`` steps, by steps of G's optimiz
 (``fit_solver="optimizer"``, default) or by :func:`gauss_newton_fit`
 (``fit_solver="gauss-newton"``).
 
-Measured (issue 3's notes), so as not to oversell the faithful mode: with the optimizer
-fit (Adam), the residual never fell below the CFL-limited displacement (ratio 0.8-1.4
-with the ns divergence, hundreds with the JSD): Adam's per-parameter normalisation moves
-parameters by about lr whatever the requested displacement. The Gauss-Newton fit reaches
-ratio < 0.1 in 3-6 steps on ring8 while the generator is still spread out, but once it
-has landed on the 0.02-wide modes the KL drift of a calibrated D varies faster than G
-can follow: the batch ratio stalls near 0.5 at 20 steps and, on a fresh z batch, the
-fitted G is no closer to its targets than before the fit (ratio 1.0-1.15), so the
-point-wise fit of that drift does not generalise. On ring8 (KL flow, cfl 2, seed 0) the
-optimizer fit then gave the better distribution at 1/8 of the cost per iteration
-(500 iterations: HQ 80 % and mode-weight KL 0.20 against 73 % and 0.44), hence the
-default. Neither balances the mode weights to the 0.05 bar: midway between modes 0.02
-wide and 1.53 apart, rho_d is ~exp(-700) of its peak and the exact flow moves mass across
-such a gap only on exponentially long times; the weights settle while particles land.
-With the JSD and a calibrated D, f is very negative
+Limits of the faithful mode. With the optimizer fit (Adam) the residual does not fall
+far below the CFL-limited displacement: Adam's per-parameter normalisation moves
+parameters by about lr whatever the requested displacement. The Gauss-Newton fit ties
+the parameter move to the requested displacement and does fit the batch while the
+generator is still spread out, but once G sits on narrow modes the drift of a
+calibrated D varies faster than G can follow, and the point-wise fit of that drift does
+not generalise to a fresh z batch. The optimizer fit is the default because it then
+gives the better distribution at a fraction of the cost per iteration (the runs are in
+benchmarks/README.md, "Notes moved from docstrings"). Neither fit balances the weights
+of modes separated by a wide gap of near-zero data density: the exact flow moves mass
+across such a gap only on exponentially long times, so the weights settle while
+particles land. With the JSD and a calibrated D, f is very negative
 wherever the generator has mass and the data have none, so the drift
-1/2 sigmoid(f) grad f vanishes there (RMS 1e-4 on ring8): that is the JSD flow itself
+1/2 sigmoid(f) grad f vanishes there: that is the JSD flow itself
 (its mobility 1/(2(1 + rho/rho_d)) vanishes there too), so the faithful JSD flow needs a
 large ``eps`` cap and many steps; the KL flow (mobility 1) does not have this trap.
 """
@@ -103,11 +100,12 @@ _CALIB_WINDOW = 5
 def check_penalty_and_pairing(d_penalty: float, pairing: str, faithful: bool) -> None:
     """Validate the options shared by :class:`StepConfig` and the trainer's config."""
     if not (isinstance(d_penalty, int | float) and math.isfinite(d_penalty) and d_penalty >= 0):
-        raise GanflowError(f"d_penalty must be a finite number >= 0 (0: off), got {d_penalty!r}")
+        raise GanflowError(
+            f"--d-penalty must be a finite number >= 0 (0: off), got {d_penalty!r}")
     if pairing == "energy" and faithful:
         raise GanflowError(
-            "pairing 'energy' has no point-wise residual for the faithful mode's fit "
-            "tolerance: use pairing 'index' or 'assignment' with faithful=True"
+            "--pairing energy has no point-wise residual for the fit tolerance of "
+            "--faithful: use --pairing index or assignment with --faithful"
         )
 
 
@@ -335,7 +333,7 @@ def energy_fit_loss(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""Energy distance between the point sets {g_i} and {y_j}, up to a constant in g.
 
     2/(m n) sum_ij |g_i - y_j| - 1/m^2 sum_ij |g_i - g_j| (the E|Y - Y'| term does not
-    depend on g and is left out): the set-wise fit of THEORY.md section 6 with a
+    depend on g and is left out): the set-wise fit of docs/theory.md section 6 with a
     discrepancy between the two point sets instead of a pairing. It is zero-gradient
     when {g_i} = {y_j} as sets, in any order, and its second term pushes the generated
     points apart, so it penalises collapse, which the point-wise MSE does not."""

@@ -1,4 +1,4 @@
-r"""Data sets for training: the samples of :math:`\rho_d` (THEORY.md section 1).
+r"""Data sets for training: the samples of :math:`\rho_d` (docs/theory.md section 1).
 
 Algorithm 1 only ever *samples* :math:`\rho_d` (step 1 of section 5), so a data set is
 anything that can draw ``n`` points of shape (n, d) reproducibly from a

@@ -1,4 +1,4 @@
-r"""Divergences as mobilities (THEORY.md section 7).
+r"""Divergences as mobilities (docs/theory.md section 7).
 
 For an f-divergence F(rho) = int rho_d phi(rho/rho_d), with v = rho/rho_d, the
 mobility is m(v) = v phi''(v). One function m drives both solvers:
@@ -51,7 +51,7 @@ class Divergence:
         return self.mobility(torch.exp(-f))
 
     def drift(self, logit: torch.Tensor, grad_logit: torch.Tensor) -> torch.Tensor:
-        r"""Particle drift m(e^{-f}) grad f (THEORY.md section 7; eq. (20) for JSD).
+        r"""Particle drift m(e^{-f}) grad f (docs/theory.md section 7; eq. (20) for JSD).
 
         Args:
             logit: f at the particles, shape (N,).

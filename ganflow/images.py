@@ -1,6 +1,6 @@
-r"""Image data sets for Algorithm 1: real digits, offline (issue 5).
+r"""Image data sets for Algorithm 1: real digits, offline.
 
-Algorithm 1 (THEORY.md section 5) only samples :math:`\rho_d` as flat vectors, so an
+Algorithm 1 (docs/theory.md section 5) only samples :math:`\rho_d` as flat vectors, so an
 image data set is an ordinary :class:`ganflow.data.Dataset` whose samples are FLATTENED
 images, shape (n, C*H*W), pixel values in [-1, 1] (the range of a tanh generator), and
 whose :attr:`~ganflow.data.Dataset.image_shape` is (C, H, W). The image networks of

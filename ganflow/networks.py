@@ -1,4 +1,4 @@
-r"""The two networks of Algorithm 1 (THEORY.md section 5): a generator G: R^n -> R^d and
+r"""The two networks of Algorithm 1 (docs/theory.md section 5): a generator G: R^n -> R^d and
 a discriminator given by its logit f: R^d -> R (D = sigmoid(f), section 3)."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class ConvGenerator(nn.Module):
 
     Flat in and out: (N, latent_dim) -> (N, C*H*W) in (-1, 1). No normalisation layer
     couples the samples of a batch, so G(z_i) depends on z_i alone, which the per-sample
-    MSE fit of Algorithm 1 (step 4 of THEORY.md section 5) presumes."""
+    MSE fit of Algorithm 1 (step 4 of docs/theory.md section 5) presumes."""
 
     def __init__(self, latent_dim: int, image_shape, *, width: int = 32) -> None:
         super().__init__()
@@ -154,7 +154,7 @@ class ConvDiscriminator(nn.Module):
     linear map to one logit; (N, C*H*W) -> (N,), like :class:`Logit`.
 
     No batch norm: Algorithm 1 takes grad_x f at every generated point (target (22) of
-    THEORY.md section 5), which is only the drift of that point when f(x_i) does not
+    docs/theory.md section 5), which is only the drift of that point when f(x_i) does not
     depend on the other points of the batch. ``spectral_norm=True`` wraps every layer in
     :func:`torch.nn.utils.parametrizations.spectral_norm` (off by default)."""
 

@@ -1,6 +1,6 @@
 r"""Distributions with an exact log-density, its gradient and a sampler.
 
-The data density :math:`\rho_d` and the initial density :math:`\rho_0` of THEORY.md
+The data density :math:`\rho_d` and the initial density :math:`\rho_0` of docs/theory.md
 are isotropic Gaussian mixtures in any dimension,
 
     rho(x) = sum_k w_k N(x; mu_k, sigma_k^2 I),

@@ -11,7 +11,10 @@ from ganflow import GanflowError, NewtonConvergenceError
 
 
 def ou_density(x: np.ndarray, t: float, a, s2: float) -> np.ndarray:
-    """N(a e^-t, 1 + (s^2 - 1) e^-2t) per coordinate (THEORY.md section 7), x of shape (..., d)."""
+    """N(a e^-t, 1 + (s^2 - 1) e^-2t) per coordinate, x of shape (..., d).
+
+    The closed form of the KL flow, docs/theory.md section 7.
+    """
     a = np.atleast_1d(np.asarray(a, dtype=float))
     m = a * math.exp(-t)
     v = 1 + (s2 - 1) * math.exp(-2 * t)
