@@ -1,14 +1,18 @@
 r"""Particle simulation of the distribution-dependent ODE (2) with a density-estimated drift.
 
-Each particle moves with the drift of THEORY.md section 7,
+Each particle moves with the drift of docs/theory.md section 7,
 
     dY/dt = m(e^{-f}) grad f(Y),   f = ln rho_d - ln rho_hat,
 
 where rho_d is exact and rho_hat is a Gaussian kernel density estimate of the particles
 themselves (:mod:`ganflow.kde`, Silverman bandwidth by default, recomputed at every
-evaluation). For the JSD this is eq. (2) = eq. (20) with the optimal discriminator
-logit; for KL it is the deterministic "blob" particle method for the Fokker-Planck
-equation. Time stepping is explicit: Euler (first order) or Heun (second order).
+evaluation). In d <= 2 the KDE is evaluated on a grid (linear binning, FFT convolution,
+linear interpolation: O(N) per evaluation, relative error ~1e-3, see
+:func:`ganflow.kde.kde_log_density_and_score_binned`); ``kde="direct"`` sums all N^2
+pairs (the reference, and the only choice in d > 2). For the JSD this is eq. (2) =
+eq. (20) with the optimal discriminator logit; for KL it is the deterministic "blob"
+particle method for the Fokker-Planck equation. Time stepping is explicit: Euler (first
+order) or Heun (second order).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import torch
 from ._errors import GanflowError
 from .divergences import Divergence, get_divergence
 from .grid import Grid
-from .kde import kde_log_density, kde_log_density_and_score, resolve_bandwidth
+from .kde import (
+    kde_log_density,
+    kde_log_density_and_score,
+    kde_log_density_and_score_binned,
+    resolve_bandwidth,
+    resolve_kde,
+)
 from .pde import FokkerPlanckSolution
 from .targets import GaussianMixture, load_target
 
@@ -33,6 +43,7 @@ __all__ = [
     "particle_drift",
     "particles_on_grid",
     "l1_gap_to_pde",
+    "estimate_particle_memory",
 ]
 
 
@@ -69,18 +80,122 @@ class ParticleSolution:
         return self.positions.var(1, ddof=1)
 
 
+def _log_prob_and_score(target: GaussianMixture, x: torch.Tensor):
+    """ln rho_d and grad ln rho_d at ``x`` (N, d) from one pass over the components.
+
+    Components are laid out (K, N) so that reductions over k run along contiguous rows
+    (a reduction over a trailing dimension of size K = 2..25 is several times slower)."""
+    w, mu, s = target._params(x)
+    d = x.shape[1]
+    inv_var = s.pow(-2)
+    const = torch.log(w) - 0.5 * d * torch.log(2 * math.pi * s**2)
+    comp = torch.stack([(x - mu[k]).pow_(2).sum(1).mul_(-0.5 * inv_var[k]).add_(const[k])
+                        for k in range(len(w))])  # (K, N)
+    top = comp.amax(0)
+    log_p = (comp - top).exp_().sum(0).log_().add_(top)
+    resp = comp.sub_(log_p).exp_()  # (K, N) responsibilities
+    # sum_k r_k (mu_k - x) / s_k^2 without a (K, N, d) intermediate
+    score = resp.T @ (mu * inv_var[:, None]) - x * (inv_var @ resp)[:, None]
+    return log_p, score
+
+
 def particle_drift(
     x: torch.Tensor,
     target: GaussianMixture,
     divergence: Divergence,
     bandwidth: float | str = "silverman",
+    *,
+    kde: str = "auto",
 ) -> torch.Tensor:
-    r"""m(e^{-f}) grad f at the particles ``x`` (N, d), f = ln rho_d - ln rho_hat (ODE (2))."""
+    r"""m(e^{-f}) grad f at the particles ``x`` (N, d), f = ln rho_d - ln rho_hat (ODE (2)).
+
+    ``kde``: how rho_hat and grad ln rho_hat are evaluated: ``"binned"`` (grid + FFT,
+    O(N), d <= 2; :func:`ganflow.kde.kde_log_density_and_score_binned`), ``"direct"``
+    (all N^2 pairs, exact), or ``"auto"`` (binned where d <= 2).
+    """
     b = resolve_bandwidth(x, bandwidth)
-    log_hat, score_hat = kde_log_density_and_score(x, x, b)
-    f = target.log_prob(x) - log_hat
-    grad_f = target.score(x) - score_hat
-    return divergence.drift(f, grad_f)
+    if resolve_kde(x.shape[1], kde) == "binned":
+        log_hat, score_hat = kde_log_density_and_score_binned(x, x, b)
+    else:
+        log_hat, score_hat = kde_log_density_and_score(x, x, b)
+    if x.ndim == 2 and isinstance(target, GaussianMixture):
+        log_p, score = _log_prob_and_score(target, x)
+    else:
+        log_p, score = target.log_prob(x), target.score(x)
+    return divergence.drift(log_p - log_hat, score - score_hat)
+
+
+def estimate_particle_memory(
+    n: int,
+    dim: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    n_saves: int = 2,
+    kde: str = "binned",
+    n_components: int = 1,
+) -> dict[str, int]:
+    r"""Bytes a run of :func:`simulate_particles` needs, estimated before allocating.
+
+    ``working``: the state, the two Heun stages, the drift's temporaries (target
+    components, KDE: float64 copies, 2^d interpolation indices and weights per particle
+    for ``"binned"``; 2^20-entry blocks for ``"direct"``), on the simulation's device.
+    ``saved``: the snapshots kept at ``n_saves`` times, stacked at the end (on the host).
+    An upper estimate (no allocator reuse counted).
+    """
+    n, dim = int(n), int(dim)
+    item = torch.empty((), dtype=dtype).element_size()
+    per_particle = item * (12 * dim + 3 * n_components + 6)
+    if kde == "binned":
+        per_particle += 16 * 2**dim + 8 * (6 * dim + 4)
+        fixed = 100 * 2**22  # grid at the cell cap: counts, spectra, fields (~100 B/cell)
+    else:
+        per_particle += 8 * (3 * dim + 2)
+        fixed = 8 * 4 * 2**20
+    return {"working": n * per_particle + fixed, "saved": 2 * n * dim * item * n_saves}
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: the driver's count; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # no driver, or another accelerator API: no check
+            return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(
+    n: int, rho: GaussianMixture, dtype: torch.dtype, n_saves: int, kde: str, device
+) -> None:
+    """Refuse (GanflowError) a run whose estimated memory exceeds what is available."""
+    est = estimate_particle_memory(n, rho.dim, dtype=dtype, n_saves=n_saves, kde=kde,
+                                   n_components=rho.n_components)
+    dev = torch.device(device)
+    host = _available_bytes(torch.device("cpu"))
+    need_host = est["saved"] + (est["working"] if dev.type == "cpu" else 0)
+    checks = [("host memory", need_host, host)]
+    if dev.type != "cpu":
+        checks.append((f"{dev} memory", est["working"], _available_bytes(dev)))
+    for what, need, have in checks:
+        if have is not None and need > have:
+            raise GanflowError(
+                f"{n:.4g} particles in {rho.dim}-D ({str(dtype).replace('torch.', '')}, "
+                f"kde={kde!r}, {n_saves} saved snapshots) need about {need / 1e9:.3g} GB "
+                f"of {what}; {have / 1e9:.3g} GB is available. Use fewer particles "
+                "(or fewer --save-at times)."
+            )
 
 
 def simulate_particles(
@@ -98,6 +213,7 @@ def simulate_particles(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
     progress: bool = False,
+    kde: str = "auto",
 ) -> ParticleSolution:
     r"""Integrate ODE (2) for ``n`` particles from rho_0 to ``t_end``.
 
@@ -109,6 +225,12 @@ def simulate_particles(
         dt: fixed time step; steps are shortened to land on ``save_at`` and ``t_end``.
         method: ``"euler"`` or ``"heun"`` (explicit trapezoid, second order).
         bandwidth: ``"silverman"`` (recomputed from the particles each evaluation) or a float.
+        kde: ``"auto"`` (binned where d <= 2), ``"binned"`` or ``"direct"``; see
+            :func:`particle_drift`.
+
+    Before allocating anything, the memory the run needs is estimated
+    (:func:`estimate_particle_memory`) and a :class:`~ganflow.GanflowError` naming the
+    numbers is raised when it exceeds the memory available.
     """
     div = get_divergence(divergence)
     rho = load_target(target)
@@ -117,20 +239,24 @@ def simulate_particles(
     for name, val in (("t_end", t_end), ("dt", dt)):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
             raise GanflowError(f"{name} must be a positive number, got {val!r}")
+    kde = resolve_kde(rho.dim, kde)
+    n_saves = 2 + (len(save_at) if save_at is not None else 0)
     if isinstance(init, torch.Tensor):
-        x = init.to(device=device, dtype=dtype).clone()
-        if x.ndim != 2 or x.shape[1] != rho.dim:
+        if init.ndim != 2 or init.shape[1] != rho.dim:
             raise GanflowError(
-                f"initial particles must have shape (N, {rho.dim}), got {tuple(x.shape)}"
+                f"initial particles must have shape (N, {rho.dim}), got {tuple(init.shape)}"
             )
+        _check_memory(init.shape[0], rho, dtype, n_saves, kde, device)
+        x = init.to(device=device, dtype=dtype).clone()
         if not torch.isfinite(x).all():
             raise GanflowError("initial particles contain NaN or Inf")
     else:
         init_mix = load_target(init)
         if init_mix.dim != rho.dim:
             raise GanflowError(f"init has dimension {init_mix.dim}, target has {rho.dim}")
-        if int(n) != n or n < 2:
+        if not (isinstance(n, (int, float)) and math.isfinite(n)) or int(n) != n or n < 2:
             raise GanflowError(f"number of particles must be an integer >= 2, got {n!r}")
+        _check_memory(int(n), rho, dtype, n_saves, kde, device)
         gen = torch.Generator().manual_seed(int(seed))
         x = init_mix.sample(int(n), generator=gen, dtype=dtype, device=device)
     first_bandwidth = resolve_bandwidth(x, bandwidth)  # validates before any step
@@ -143,7 +269,7 @@ def simulate_particles(
             raise GanflowError(f"save_at times must lie in [0, t_end={t_end}], got {s!r}")
 
     def drift(y: torch.Tensor) -> torch.Tensor:
-        return particle_drift(y, rho, div, bandwidth)
+        return particle_drift(y, rho, div, bandwidth, kde=kde)
 
     start = time.perf_counter()
     t, steps = 0.0, 0
@@ -191,12 +317,23 @@ def simulate_particles(
 
 
 def particles_on_grid(
-    positions: np.ndarray | torch.Tensor, grid: Grid, bandwidth: float | str = "silverman"
+    positions: np.ndarray | torch.Tensor,
+    grid: Grid,
+    bandwidth: float | str = "silverman",
+    *,
+    kde: str = "direct",
 ) -> np.ndarray:
-    """KDE of a particle cloud at the grid's cell centres, renormalised on the box."""
+    """KDE of a particle cloud at the grid's cell centres, renormalised on the box.
+
+    ``kde="binned"`` (d <= 2) evaluates it in O(N + cells) instead of O(N x cells)
+    (:func:`ganflow.kde.kde_log_density_and_score_binned`; relative error ~1e-3)."""
     pts = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
     b = resolve_bandwidth(pts, bandwidth)
-    log_u = kde_log_density(torch.from_numpy(grid.points()), pts, b)
+    query = torch.from_numpy(grid.points())
+    if resolve_kde(pts.shape[1], kde) == "binned":
+        log_u = kde_log_density_and_score_binned(query, pts, b)[0]
+    else:
+        log_u = kde_log_density(query, pts, b)
     u = torch.exp(log_u - torch.logsumexp(log_u, 0)).numpy() / grid.cell_volume
     return u.reshape(grid.shape)
 
@@ -207,6 +344,7 @@ def l1_gap_to_pde(
     bandwidth: float | str = "silverman",
     *,
     smooth_pde: bool = False,
+    kde: str = "direct",
 ) -> np.ndarray:
     """||KDE(particles at t) - u(t)||_1 on the PDE grid, for each saved particle time.
 
@@ -215,6 +353,7 @@ def l1_gap_to_pde(
     the particle dynamics' error plus sampling noise, both of which vanish as N grows.
     The raw gap (default) also contains the O(b^2) smoothing bias of the KDE, which can
     cancel against the O(b^2) bias of the KDE drift, so it need not fall monotonically.
+    ``kde``: how the particles' KDE is evaluated on the grid (see :func:`particles_on_grid`).
     """
     from scipy.ndimage import gaussian_filter
 
@@ -226,5 +365,5 @@ def l1_gap_to_pde(
         if smooth_pde:
             u = gaussian_filter(u, sigma=b / pde.grid.h, mode="constant", truncate=6.0)
             u = u / (u.sum() * vol)
-        gaps.append(float(np.abs(particles_on_grid(p, pde.grid, b) - u).sum() * vol))
+        gaps.append(float(np.abs(particles_on_grid(p, pde.grid, b, kde=kde) - u).sum() * vol))
     return np.array(gaps)
