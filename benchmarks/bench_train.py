@@ -64,6 +64,10 @@ METHODS: dict[str, dict] = {
     # the same with eps decaying like the learning rates (to 1 %): annealed moves
     "particles annealed": {"method": "particles", "particle_init": "generator",
                            "eps_decay": 0.01},
+    # a generator regressed on persistent latent-particle pairs, the particles moved as in
+    # "particles annealed" (one D step per iteration, no warm-up), 10 fit steps
+    "flow-map annealed": {"method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10,
+                          "eps_decay": 0.01},
 }
 
 
