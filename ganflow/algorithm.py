@@ -46,7 +46,7 @@ generator is still spread out, but once G sits on narrow modes the drift of a
 calibrated D varies faster than G can follow, and the point-wise fit of that drift does
 not generalise to a fresh z batch. The optimizer fit is the default because it then
 gives the better distribution at a fraction of the cost per iteration (the runs are in
-benchmarks/README.md, "Notes moved from docstrings"). Neither fit balances the weights
+docs/history.md). Neither fit balances the weights
 of modes separated by a wide gap of near-zero data density: the exact flow moves mass
 across such a gap only on exponentially long times, so the weights settle while
 particles land. With the JSD and a calibrated D, f is very negative

@@ -211,7 +211,7 @@ def _diagnostics(u, rho, grid: Grid, divergence: Divergence):
 
 # Peak resident memory per grid cell of a solve (the sparse Jacobian, its LU factors
 # with their fill-in, face arrays, snapshots), by dimension; upper bounds rounded up
-# from measured solves (benchmarks/README.md, "Notes moved from docstrings").
+# from measured solves (docs/history.md).
 _BYTES_PER_CELL = {1: 600, 2: 2400}
 
 
@@ -421,7 +421,7 @@ def _newton(op: _ImplicitOperator, u_old: np.ndarray, dt: float, tol: float, max
         try:
             # the Jacobian is structurally symmetric (a 2d+1-point stencil), so minimum
             # degree on A^T + A, an ordering for symmetric patterns, suits it better than
-            # the default COLAMD (timing: benchmarks/README.md, "Notes moved from docstrings")
+            # the default COLAMD (timing: docs/history.md)
             du = spla.spsolve(jac, -residual, permc_spec="MMD_AT_PLUS_A")
         except RuntimeError:  # singular factor
             return None, it

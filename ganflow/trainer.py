@@ -139,7 +139,7 @@ class TrainConfig:
     algorithm as it stands, with the settings that did best on ring8 (all modes, balanced
     weights, across seeds). The comments on the fields below give the reason for each choice;
     the runs behind them and the alternatives that were rejected are in
-    benchmarks/README.md ("Notes moved from docstrings").
+    docs/history.md.
     """
 
     data: str = "ring8"
