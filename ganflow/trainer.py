@@ -474,7 +474,12 @@ class _Trainer:
             raise GanflowError(
                 f"the run has {total} particles; asked for {n} distinct ones (ask for at "
                 "most that many, or train with --distil for a generator)")
-        return self.particles[torch.randperm(total, generator=gen)[:n].to(self.device)]
+        return self._particle_subset(n, gen)
+
+    def _particle_subset(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n distinct particles (n <= N), chosen by ``gen``."""
+        idx = torch.randperm(self.particles.shape[0], generator=gen)[:n]
+        return self.particles[idx.to(self.device)]
 
     def _optimizer(self, net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "sgd":
@@ -550,9 +555,8 @@ class _Trainer:
         if self.data.mixture is None:
             return {}
         n = min(self.cfg.eval_samples, self.particles.shape[0])
-        idx = torch.randperm(self.particles.shape[0],
-                             generator=torch.Generator().manual_seed(self.cfg.seed + 1))[:n]
-        x = self.particles[idx.to(self.device)].double().cpu()
+        x = self._particle_subset(n, torch.Generator().manual_seed(self.cfg.seed + 1))
+        x = x.double().cpu()
         return {f"particles_{k}": v for k, v in mode_metrics(x, self.data.mixture).items()}
 
     def _pair_rms(self, n: int = 2500) -> float:
