@@ -22,9 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from ganflow.data import load_data
-from ganflow.trainer import TrainConfig, _load_run, read_metrics, resume, train
-
-BAR = {"hq": 0.8, "mode_kl": 0.05}  # DESIGN.md: all modes, HQ >= 80 %, mode KL <= 0.05
+from ganflow.metrics import first_at_quality_bar
+from ganflow.training import TrainConfig, load_run, read_metrics, resume, train
 
 
 def _slug(name: str) -> str:
@@ -65,8 +64,7 @@ def quality_row(run_dir: Path, data: str) -> dict:
     hit = None
     if mixture is not None:
         k = mixture.n_components
-        hit = next((r for r in rows if r.get("modes") == k and r["hq"] >= BAR["hq"]
-                    and r["mode_kl"] <= BAR["mode_kl"]), None)
+        hit = first_at_quality_bar(rows, k)
     keys = ("iteration", "flow_time", "seconds", "modes", "hq", "mode_kl", "energy", "w2")
     return {**{k: last.get(k) for k in keys},
             "time_to_quality_s": hit["seconds"] if hit else None,
@@ -94,7 +92,7 @@ def _samples_at(run_dir: Path, iteration: int, n: int) -> np.ndarray:
     p = snap / f"P-{iteration:08d}.safetensors"
     if p.exists():
         return load_file(str(p))["particles"][:n].double().numpy()
-    trainer = _load_run(run_dir, device="cpu")
+    trainer = load_run(run_dir, device="cpu")
     trainer.G.load_state_dict(load_file(str(snap / f"G-{iteration:08d}.safetensors")))
     with torch.no_grad():
         z = trainer.sample_latent(n, torch.Generator().manual_seed(0))

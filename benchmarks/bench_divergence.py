@@ -44,7 +44,7 @@ from _common import RESULTS, environment
 from _interleave import BAR, plot_samples_at_times, quality_row, run_interleaved
 
 from ganflow.data import load_data
-from ganflow.trainer import TrainConfig, read_metrics
+from ganflow.training import TrainConfig, read_metrics
 
 # section 6's setting: plain gradient descent, constant step sizes, eps = 1 (the paper)
 SGD = {"optimizer": "sgd", "lr_g": 0.05, "lr_d": 0.1, "lr_decay": 1.0}

@@ -3,10 +3,10 @@ r"""Peak memory and time of the pairwise metrics (issue 14): blocked vs the old 
 Each case runs in a fresh subprocess, which reports its own peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and the seconds of the measured call:
 
-* ``eval digits``: :func:`ganflow.evaluation.evaluate_samples` of n images (64 pixels)
+* ``eval digits``: :func:`ganflow.metrics.evaluate_samples` of n images (64 pixels)
   against ``digits``, what ``ganflow eval RUN`` runs after drawing the samples (energy
   distance, Gaussian MMD at 3 bandwidths, W2, sliced W2, and the image metrics of
-  ganflow.features: Frechet/kernel distance, k-NN precision/recall, class coverage, each
+  ganflow.metrics.features: Frechet/kernel distance, k-NN precision/recall, class coverage, each
   with its noise floor). The samples are digits images plus N(0, 0.1^2) pixel noise: the
   metrics' cost does not depend on how good the samples are. The classifier is trained
   (and cached) before any case is measured.
@@ -54,7 +54,7 @@ def _old_energy_distance(x, y) -> float:
 def _old_mmd(x, y, bandwidths=(0.1, 0.5, 1.0, 2.0)) -> dict:
     import torch
 
-    from ganflow._density import _points
+    from ganflow.metrics.density import _points
 
     a, b = _points(x, "x"), _points(y, "y")
     n, k = len(a), len(b)
@@ -88,10 +88,10 @@ def _old_inside(q, centres, radii, chunk: int = 2048):
 
 
 def _use_old_code() -> None:
-    import ganflow._density as dens
-    import ganflow.evaluation as ev
-    import ganflow.features as feat
     import ganflow.metrics as met
+    import ganflow.metrics.density as dens
+    import ganflow.metrics.evaluate as ev
+    import ganflow.metrics.features as feat
 
     ev.energy_distance = met.energy_distance = _old_energy_distance
     ev.mmd = dens.mmd = _old_mmd
@@ -112,7 +112,7 @@ def _child(case: str, n: int, old: bool) -> dict:
     rng = np.random.default_rng(0)
     if case == "eval digits":
         from ganflow.data import load_data
-        from ganflow.evaluation import evaluate_samples
+        from ganflow.metrics.evaluate import evaluate_samples
 
         ds = load_data("digits")
         x = ds.sample(n, torch.Generator().manual_seed(123)).double().numpy()
@@ -124,9 +124,9 @@ def _child(case: str, n: int, old: bool) -> dict:
                                       "frechet_distance")}
         values["mmd"] = res["mmd"]
     else:
-        from ganflow._density import mmd
-        from ganflow.features import precision_recall
         from ganflow.metrics import energy_distance
+        from ganflow.metrics.density import mmd
+        from ganflow.metrics.features import precision_recall
 
         x = rng.standard_normal((n, 784))
         y = 1.05 * rng.standard_normal((n, 784)) + 0.02
@@ -163,7 +163,7 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.n[0], args.old)))
         return
     if "eval digits" in args.cases:  # train and cache the classifier outside the timings
-        from ganflow.features import feature_net
+        from ganflow.metrics.classifier import feature_net
 
         feature_net("digits")
     rows = []

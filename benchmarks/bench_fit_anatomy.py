@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from _common import environment
 
-from ganflow.algorithm import assignment_permutation, calibrate_discriminator, push_targets
+from ganflow.algorithm import calibrate_discriminator, push_targets
 from ganflow.data import load_data
+from ganflow.fitting import assignment_permutation
 from ganflow.networks import make_discriminator, make_generator
 
 # (optimizer, lr_g, lr_d): ganflow train's Adam, and bench_divergence.py's plain SGD

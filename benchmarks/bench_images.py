@@ -4,7 +4,7 @@ For each seed, gan-ns, gan and flow (K = 1, index pairing: the best of the 2-D s
 issue 3's notes) train on ``digits`` INTERLEAVED (benchmarks/_interleave.py), with the
 image defaults of ``ganflow train`` (conv nets, 32 channels, latent 16, batch 512, 3000
 iterations). Every evaluation logs the Frechet distance and the class coverage in the
-feature space of ganflow's own classifier (ganflow.features); this script prints the
+feature space of ganflow's own classifier (ganflow.metrics.features); this script prints the
 final values, the wall time at which each run first got within 2x of the final best
 Frechet distance of the block, and draws:
 
@@ -26,7 +26,7 @@ import torch
 from _common import RESULTS, environment, print_table
 from _interleave import run_interleaved
 
-from ganflow.trainer import TrainConfig, read_metrics
+from ganflow.training import TrainConfig, read_metrics
 
 METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow K=1 index": {"method": "flow"}}

@@ -42,7 +42,7 @@ from _interleave import (
 )
 
 from ganflow.tracking import track_run
-from ganflow.trainer import TrainConfig
+from ganflow.training import TrainConfig
 
 METHODS = {
     "particles": {"method": "particles", "particle_init": "generator"},

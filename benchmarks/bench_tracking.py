@@ -28,7 +28,7 @@ from _common import environment, print_table  # noqa: E402
 
 from ganflow._io import write_json_atomic  # noqa: E402
 from ganflow.tracking import track_run  # noqa: E402
-from ganflow.trainer import TrainConfig, TrainingDivergedError, train  # noqa: E402
+from ganflow.training import TrainConfig, TrainingDivergedError, train  # noqa: E402
 
 TIMES = (0.5, 1.0, 2.0, 4.0)
 # name -> TrainConfig overrides. "sgd" rows use plain SGD, whose step is proportional to

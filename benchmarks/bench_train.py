@@ -1,9 +1,11 @@
 r"""Benchmark of the trainer (issue 3): step overhead and the quality table.
 
 Overhead: one ``flow`` iteration (K = 1, index pairing) through
-:func:`ganflow.algorithm.algorithm_step` against a minimal hand-written PyTorch GAN
-iteration (one D step, one G step) with the same networks and batch, timed in
-interleaved rounds in one process; the ratio of medians is reported.
+:func:`ganflow.algorithm.algorithm_step`, and one through the whole training loop
+(:func:`ganflow.training.loop.run_loop`: schedules, the method object, NaN checks, step
+statistics), each against a minimal hand-written PyTorch GAN iteration (one D step, one
+G step) with the same network sizes and batch, timed in interleaved rounds in one
+process; the ratios of medians are reported.
 
 Quality (issue 4, benchmark 1: time-to-quality): for each data set and seed, every
 method of the grid is trained INTERLEAVED (``--chunk`` iterations each in turn, one
@@ -43,7 +45,9 @@ from _interleave import (
 from ganflow.algorithm import StepConfig, algorithm_step
 from ganflow.data import load_data
 from ganflow.networks import make_discriminator, make_generator
-from ganflow.trainer import TrainConfig
+from ganflow.training import TrainConfig
+from ganflow.training.loop import run_loop
+from ganflow.training.session import Session
 
 # name -> TrainConfig overrides (on top of the defaults of `ganflow train`)
 METHODS: dict[str, dict] = {
@@ -107,18 +111,34 @@ def overhead(rounds: int = 7, iters: int = 200, batch: int = 256, width: int = 1
         algorithm_step(G, D, og, od, lambda m: data.sample(m, gen),
                        lambda m: torch.randn(m, 2, generator=gen), cfg)
 
-    times: dict[str, list[float]] = {"hand": [], "flow": []}
-    for fn in (hand_iteration, flow_iteration):  # warm-up
-        for _ in range(20):
-            fn()
+    # the whole training loop (ganflow.training.loop.run_loop: schedules, the method
+    # object's step, the NaN check, the step statistics), no evaluation inside a round;
+    # each round ends with a checkpoint, as a stop between evaluations does
+    run_dir = Path(tempfile.mkdtemp(prefix="ganflow-overhead-"))
+    session = Session(TrainConfig(batch_size=batch, width=width, depth=depth,
+                                  iterations=10**9, eval_every=10**9), run_dir, data)
+    session.start()
+    (run_dir / "metrics.jsonl").write_text("")  # no iteration-0 evaluation
+
+    def trainer_iterations(n: int) -> None:
+        run_loop(session, progress=False, stop_at=session.iteration + n)
+
+    def repeat(fn):
+        return lambda n: [fn() for _ in range(n)]
+
+    runners = {"hand": repeat(hand_iteration), "flow": repeat(flow_iteration),
+               "trainer": trainer_iterations}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():  # warm-up
+        run(20)
     for _ in range(rounds):
-        for name, fn in (("hand", hand_iteration), ("flow", flow_iteration)):
+        for name, run in runners.items():
             t = time.perf_counter()
-            for _ in range(iters):
-                fn()
+            run(iters)
             times[name].append((time.perf_counter() - t) / iters)
-    hand, flow = statistics.median(times["hand"]), statistics.median(times["flow"])
-    return {"hand_ms": hand * 1e3, "flow_ms": flow * 1e3, "ratio": flow / hand,
+    ms = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+    return {"hand_ms": ms["hand"], "flow_ms": ms["flow"], "trainer_ms": ms["trainer"],
+            "ratio": ms["flow"] / ms["hand"], "trainer_ratio": ms["trainer"] / ms["hand"],
             "rounds": rounds, "iters_per_round": iters, "batch": batch,
             "threads": torch.get_num_threads()}
 
@@ -165,9 +185,10 @@ def main() -> None:
     out: dict = {"env": environment(), "threads": args.threads}
     if not args.no_overhead:
         out["overhead"] = ov = overhead()
-        print(f"overhead: hand-written GAN {ov['hand_ms']:.3f} ms/it, flow K=1 "
-              f"{ov['flow_ms']:.3f} ms/it, ratio {ov['ratio']:.3f} (median of "
-              f"{ov['rounds']} interleaved rounds)", flush=True)
+        print(f"overhead: hand-written GAN {ov['hand_ms']:.3f} ms/it; flow K=1 step "
+              f"{ov['flow_ms']:.3f} ms/it (ratio {ov['ratio']:.3f}); the training loop "
+              f"{ov['trainer_ms']:.3f} ms/it (ratio {ov['trainer_ratio']:.3f}); medians of "
+              f"{ov['rounds']} interleaved rounds", flush=True)
     if not args.overhead_only:
         print(QUALITY_HEADER)
         out["quality"] = quality(args.data, args.seeds, args.methods, args.iterations,

@@ -33,8 +33,9 @@ import torch
 from _common import RESULTS, environment, print_table
 
 import ganflow._io as io_mod
-import ganflow.trainer as trainer_mod
-from ganflow.trainer import TrainConfig, read_metrics, resume, sample_run, train
+import ganflow.training.logging as logging_mod
+import ganflow.training.run as run_mod
+from ganflow.training import TrainConfig, read_metrics, resume, sample_run, train
 
 torch.set_num_threads(1)
 
@@ -77,7 +78,7 @@ def _install(target: int | None, side: str | None, log: list[str]) -> None:
             event("", "after")
 
     os.replace = replace
-    trainer_mod.append_line_durable = append
+    logging_mod.append_line_durable = append
     Path.unlink = unlink
 
 
@@ -165,7 +166,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # the checks write no figures: they are not under test and cost a second a run
-        trainer_mod.plot_run = lambda run_dir: []
+        run_mod._end_of_run_figures = lambda s: None
         for method in args.methods:
             rows += run_method(method, Path(tmp))
     print_table(rows, ["method", "event", "side", "write", "killed", "checkpoint", "recovery",

@@ -12,20 +12,30 @@ if _interrupt.is_command_line():
     # traceback; a library user's process is left alone
     _interrupt.install()
 
-from ._errors import GanflowError, NewtonConvergenceError  # noqa: E402
+from ._errors import GanflowError, NewtonConvergenceError, TrainingDivergedError  # noqa: E402
 from .algorithm import StepConfig, algorithm_step
 from .data import Dataset, load_data
 from .divergences import CHI2, JSD, KL, NS, Divergence, get_divergence
-from .evaluation import evaluate_samples
 from .flow_map import flow_map_step, initial_pairs
 from .generator_init import fit_generator_to_law
 from .grid import Grid
+from .metrics import evaluate_samples
 from .particle_flow import distil_step, particle_step
 from .particles import ParticleSolution, l1_gap_to_pde, particle_drift, simulate_particles
 from .pde import FokkerPlanckSolution, solve_fokker_planck
 from .targets import GaussianMixture, grid25, load_target, named_targets, ring8
 from .tracking import TrackingResult, track_run
-from .trainer import TrainConfig, TrainingDivergedError, TrainResult, resume, train
+from .training import (
+    Run,
+    TrainConfig,
+    TrainResult,
+    load_run,
+    plot_run,
+    read_metrics,
+    resume,
+    sample_run,
+    train,
+)
 
 __version__ = "0.1.0"
 
@@ -42,6 +52,7 @@ __all__ = [
     "NS",
     "NewtonConvergenceError",
     "ParticleSolution",
+    "Run",
     "StepConfig",
     "TrainConfig",
     "TrackingResult",
@@ -57,12 +68,16 @@ __all__ = [
     "initial_pairs",
     "l1_gap_to_pde",
     "load_data",
+    "load_run",
     "load_target",
     "named_targets",
     "particle_drift",
     "particle_step",
+    "plot_run",
+    "read_metrics",
     "resume",
     "ring8",
+    "sample_run",
     "simulate_particles",
     "solve_fokker_planck",
     "track_run",

@@ -9,3 +9,7 @@ class GanflowError(ValueError):
 
 class NewtonConvergenceError(RuntimeError):
     """The implicit Fokker-Planck step did not converge even after shrinking the time step."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss or a parameter became NaN/Inf; the message names the iteration and quantity."""

@@ -6,7 +6,7 @@ print a traceback into torch's import machinery). The SIGINT handler raises :cla
 is deliberately not a :class:`KeyboardInterrupt`: click would turn that into a bare
 "Aborted!" with exit status 1. ``finally`` blocks still run, so the atomic writes of
 ganflow._io remove their temp files. The training loop installs its own handler
-(ganflow.distributed.interrupt_flag: stop between iterations, with a checkpoint) and
+(ganflow.training.distributed.interrupt_flag: stop between iterations, with a checkpoint) and
 restores this one afterwards.
 """
 

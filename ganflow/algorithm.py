@@ -6,10 +6,11 @@ r"""One iteration of Algorithm 1 (docs/theory.md section 5) from three separate 
 * :func:`push_targets` - y = G(z) + eps * drift(G(z)) (22), the drift being the
   divergence's m(e^{-f}) grad f (section 7; JSD: 1/2 sigmoid(f) grad f, eq. (20)),
   grad f by autograd; y is detached.
-* :func:`fit_generator` - K descent steps on one generator loss with the same z (23).
+* :func:`ganflow.fitting.fit_generator` - K descent steps on one generator loss with the
+  same z (23).
 
 :func:`algorithm_step` composes them. The GAN baselines are the same step with another
-generator loss (:func:`generator_loss`):
+generator loss (:func:`ganflow.fitting.generator_loss`):
 
 =========  ===============================================  ==============================
 method     generator loss on the batch G(z_1..m)             origin
@@ -35,7 +36,7 @@ held-out check batch fell by less than ``calib_tol`` (relative) over the last 5 
 least ``d_steps`` and at most ``calib_max_steps`` steps. G is fitted until the RMS
 residual |G(z) - y| is below ``fit_tol`` times the RMS displacement |y - G_0(z)|, at
 least ``fit_steps`` and at most ``fit_max_steps`` steps, by steps of G's optimizer
-(``fit_solver="optimizer"``, default) or by :func:`gauss_newton_fit`
+(``fit_solver="optimizer"``, default) or by :func:`ganflow.fitting.gauss_newton_fit`
 (``fit_solver="gauss-newton"``).
 
 Limits of the faithful mode. With the optimizer fit (Adam) the residual does not fall
@@ -62,51 +63,60 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._errors import GanflowError
 from .divergences import Divergence, get_divergence
+from .fitting import FIT_SOLVERS, GAN_LOSSES, PAIRINGS, fit_generator, generator_loss
 
 __all__ = [
     "METHODS",
-    "PAIRINGS",
     "StepConfig",
     "StepInfo",
     "algorithm_step",
-    "assignment_permutation",
     "calibrate_discriminator",
-    "check_penalty_and_pairing",
+    "check_step_options",
     "controlled_move",
     "discriminator_drift",
     "discriminator_loss",
-    "energy_fit_loss",
-    "fit_generator",
-    "gauss_newton_fit",
-    "generator_loss",
     "push_targets",
 ]
 
-METHODS = ("flow", "gan", "gan-ns")
-PAIRINGS = ("index", "assignment", "energy")
-FIT_SOLVERS = ("gauss-newton", "optimizer")
-
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+METHODS = ("flow", *GAN_LOSSES)
 _CALIB_WINDOW = 5
 
 
-def check_penalty_and_pairing(d_penalty: float, pairing: str, faithful: bool) -> None:
-    """Validate the options shared by :class:`StepConfig` and the trainer's config."""
-    if not (isinstance(d_penalty, int | float) and math.isfinite(d_penalty) and d_penalty >= 0):
+def _as_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_step_options(cfg, flag: Callable[[str], str] = _as_flag) -> None:
+    """Validate the per-iteration options of ``cfg`` (a :class:`StepConfig` or the
+    trainer's config, which has the same fields); ``flag(name)`` names a field in the
+    messages (by default its ``ganflow train`` flag: ``--d-penalty``)."""
+    for name, registry in (("pairing", PAIRINGS), ("fit_solver", FIT_SOLVERS)):
+        if getattr(cfg, name) not in registry:
+            raise GanflowError(f"unknown {flag(name)} {getattr(cfg, name)!r}: expected one of "
+                               f"{list(registry)}")
+    get_divergence(cfg.divergence)  # raises on an unknown name
+    q = cfg.step_quantile
+    if not (isinstance(q, int | float) and 0 < q <= 1):
+        raise GanflowError(f"{flag('step_quantile')} must be in (0, 1], got {q!r}")
+    p = cfg.d_penalty
+    if not (isinstance(p, int | float) and math.isfinite(p) and p >= 0):
+        raise GanflowError(f"{flag('d_penalty')} must be a finite number >= 0 (0: off), "
+                           f"got {p!r}")
+    if cfg.faithful and not PAIRINGS[cfg.pairing].pointwise:
         raise GanflowError(
-            f"--d-penalty must be a finite number >= 0 (0: off), got {d_penalty!r}")
-    if pairing == "energy" and faithful:
-        raise GanflowError(
-            "--pairing energy has no point-wise residual for the fit tolerance of "
-            "--faithful: use --pairing index or assignment with --faithful"
-        )
+            f"{flag('pairing')} {cfg.pairing} has no point-wise residual for the fit "
+            f"tolerance of --faithful: use {flag('pairing')} index or assignment with "
+            "--faithful")
+    for name in ("eps", "cfl", "fit_tol", "calib_tol"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            raise GanflowError(f"{flag(name)} must be a positive finite number, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,7 @@ class StepConfig:
     ``length_scale`` is the data's finest feature, in data units (set by the trainer).
     Faithful only: ``step_quantile`` is the quantile of |drift| that sets the CFL step
     (1: the max); ``fit_solver`` is "optimizer" (steps of G's optimizer, as outside the
-    faithful mode) or "gauss-newton" (:func:`gauss_newton_fit`).
+    faithful mode) or "gauss-newton" (:func:`ganflow.fitting.gauss_newton_fit`).
     """
 
     method: str = "flow"
@@ -141,22 +151,10 @@ class StepConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise GanflowError(f"unknown method {self.method!r}: expected one of {list(METHODS)}")
-        if self.pairing not in PAIRINGS:
-            raise GanflowError(
-                f"unknown pairing {self.pairing!r}: expected one of {list(PAIRINGS)}"
-            )
-        if self.fit_solver not in FIT_SOLVERS:
-            raise GanflowError(
-                f"unknown fit solver {self.fit_solver!r}: expected one of {list(FIT_SOLVERS)}"
-            )
-        if not (isinstance(self.step_quantile, int | float) and 0 < self.step_quantile <= 1):
-            raise GanflowError(f"step_quantile must be in (0, 1], got {self.step_quantile!r}")
-        get_divergence(self.divergence)  # raises on an unknown name
-        check_penalty_and_pairing(self.d_penalty, self.pairing, self.faithful)
-        for name in ("eps", "cfl", "length_scale", "fit_tol", "calib_tol"):
-            val = getattr(self, name)
-            if not (isinstance(val, int | float) and math.isfinite(val) and val > 0):
-                raise GanflowError(f"{name} must be a positive finite number, got {val!r}")
+        check_step_options(self)
+        if not (isinstance(self.length_scale, int | float) and self.length_scale > 0):
+            raise GanflowError(f"length_scale must be a positive finite number, got "
+                               f"{self.length_scale!r}")
         for name in ("fit_steps", "d_steps", "batch_size", "calib_max_steps", "fit_max_steps"):
             val = getattr(self, name)
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
@@ -309,187 +307,6 @@ def discriminator_drift(
     return out
 
 
-def assignment_permutation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    r"""Permutation pi minimising sum_i |x_i - y_pi(i)|^2 (Hungarian algorithm, section 6).
-
-    Shapes (m, d) each; returns a LongTensor of shape (m,) on ``y``'s device."""
-    from scipy.optimize import linear_sum_assignment
-
-    cost = torch.cdist(x.detach().double(), y.detach().double()).pow(2).cpu().numpy()
-    rows, cols = linear_sum_assignment(cost)
-    perm = np.empty_like(cols)
-    perm[rows] = cols
-    return torch.as_tensor(perm, dtype=torch.long, device=y.device)
-
-
-def _smooth_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # sqrt(|a_i - b_j|^2 + tiny): differentiable at a_i = b_j (the diagonal of a set
-    # with itself), where the plain norm's gradient is NaN
-    d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
-    return (d2 + 1e-12).sqrt()
-
-
-def energy_fit_loss(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    r"""Energy distance between the point sets {g_i} and {y_j}, up to a constant in g.
-
-    2/(m n) sum_ij |g_i - y_j| - 1/m^2 sum_ij |g_i - g_j| (the E|Y - Y'| term does not
-    depend on g and is left out): the set-wise fit of docs/theory.md section 6 with a
-    discrepancy between the two point sets instead of a pairing. It is zero-gradient
-    when {g_i} = {y_j} as sets, in any order, and its second term pushes the generated
-    points apart, so it penalises collapse, which the point-wise MSE does not."""
-    m = g.shape[0]
-    cross = _smooth_distances(g, y).mean()
-    within = _smooth_distances(g, g).sum() / (m * m)
-    return 2 * cross - within
-
-
-def generator_loss(
-    method: str, *, D: nn.Module | None = None, targets: torch.Tensor | None = None,
-    pairing: str = "index",
-) -> LossFn:
-    r"""The generator loss of ``method`` as a function of the batch G(z) (table above).
-
-    For ``flow``, ``pairing="energy"`` gives :func:`energy_fit_loss`; any other pairing
-    the MSE to the (already re-paired) targets."""
-    if method == "flow":
-        if targets is None:
-            raise GanflowError("method 'flow' needs targets y (push_targets), got None")
-        y = targets.detach()
-        if pairing == "energy":
-            return lambda g: energy_fit_loss(g, y)
-        return lambda g: (g - y).pow(2).sum(-1).mean()
-    if D is None:
-        raise GanflowError(f"method {method!r} needs the discriminator D, got None")
-    if method == "gan":
-        return lambda g: -F.softplus(D(g)).mean()  # ln(1 - sigmoid(f)) = -softplus(f)
-    if method == "gan-ns":
-        return lambda g: F.softplus(-D(g)).mean()  # -ln sigmoid(f) = softplus(-f)
-    raise GanflowError(f"unknown method {method!r}: expected one of {list(METHODS)}")
-
-
-def fit_generator(
-    G: nn.Module,
-    opt_g: torch.optim.Optimizer,
-    z: torch.Tensor,
-    loss_fn: LossFn,
-    *,
-    steps: int = 1,
-    until: Callable[[], bool] | None = None,
-    max_steps: int | None = None,
-) -> tuple[float, int]:
-    r"""Descent steps on ``loss_fn(G(z))`` with the same z (eq. (23); K = ``steps``).
-
-    ``until()`` (optional) is checked after ``steps`` steps and then after each further
-    one, up to ``max_steps`` in all: the faithful mode's fit tolerance.
-    Returns (the loss at the start of the last step, steps taken).
-    """
-    cap = steps if until is None else max(steps, max_steps or steps)
-    taken = 0
-    loss = torch.tensor(float("nan"))
-    while taken < cap:
-        opt_g.zero_grad(set_to_none=True)
-        loss = loss_fn(G(z))
-        loss.backward()
-        opt_g.step()
-        taken += 1
-        if until is not None and taken >= steps and until():
-            break
-    return float(loss.detach()), taken
-
-
-_CG_MAX_ITERS = 20
-_LM_DAMPING = 1e-3
-
-
-def gauss_newton_fit(
-    G: nn.Module,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    tol: float,
-    scale: float,
-    min_steps: int = 1,
-    max_steps: int = 20,
-) -> tuple[float, int]:
-    r"""Fit G(z) to the targets y of (22) by Gauss-Newton steps (the faithful mode's fit).
-
-    Each step solves the linearised problem J delta = r (r = y - G(z), shape (m, d); J the
-    Jacobian of the m x d outputs w.r.t. G's parameters) for its minimum-norm solution
-    delta = J^T a, (J J^T) a = r, by conjugate gradients in output space (J^T u by a
-    backward pass, J v by forward-mode autodiff; J is never formed). Unlike Adam, whose
-    per-parameter normalisation moves every parameter by about lr whatever the target
-    distance, the step is proportional to r: a displacement of 1e-3 is fitted as
-    accurately, relatively, as one of 1 (the linearisation error is O(|r|^2)).
-
-    Stops once the RMS residual |G(z) - y| is below ``tol * scale`` (``scale`` = the RMS
-    displacement |y - G_0(z)|), after at least ``min_steps`` and at most ``max_steps``
-    steps. Updates G's parameters in place (no optimizer state is touched).
-    Returns (final RMS residual, steps taken).
-    """
-    from torch.func import functional_call, jvp, vjp
-
-    names = [n for n, p in G.named_parameters() if p.requires_grad]
-    params = {n: p for n, p in G.named_parameters() if p.requires_grad}
-    y = y.detach()
-    target = tol * scale
-
-    def rms(r: torch.Tensor) -> float:
-        return float(r.pow(2).sum(-1).mean().sqrt())
-
-    def forward(p: dict) -> torch.Tensor:
-        return functional_call(G, p, (z,))
-
-    taken = 0
-    with torch.no_grad():
-        resid = y - G(z)
-    lam = None  # Levenberg-Marquardt damping, relative to J J^T's scale (set on step 1)
-    while taken < max_steps and not (taken >= min_steps and rms(resid) < target):
-        base = {n: params[n].detach() for n in names}
-        _, pullback = vjp(forward, base)
-
-        def jjt(u: torch.Tensor, base=base, pullback=pullback) -> torch.Tensor:
-            (tangent,) = pullback(u)
-            return jvp(forward, (base,), (tangent,))[1]
-
-        if lam is None:
-            # the Rayleigh quotient r.JJ^T r / r.r: the size of the NTK along r
-            lam = _LM_DAMPING * float((resid * jjt(resid)).sum()) / float(resid.pow(2).sum())
-        # CG on (J J^T + lam I) a = r (the damped, minimum-norm Gauss-Newton step), to
-        # the accuracy the fit needs (half of tol, measured against the displacement)
-        a = torch.zeros_like(resid)
-        res = resid.clone()
-        d = res.clone()
-        rr = float(res.pow(2).sum())
-        cg_goal = (0.5 * target) ** 2 * resid.shape[0]
-        for _ in range(_CG_MAX_ITERS):
-            if rr <= cg_goal:
-                break
-            q = jjt(d) + lam * d
-            dq = float((d * q).sum())
-            if not (dq > 0 and math.isfinite(dq)):
-                break
-            alpha = rr / dq
-            a = a + alpha * d
-            res = res - alpha * q
-            rr_new = float(res.pow(2).sum())
-            d = res + (rr_new / rr) * d
-            rr = rr_new
-        (delta,) = pullback(a)
-        with torch.no_grad():
-            for n in names:
-                params[n].add_(delta[n])
-            new_resid = y - G(z)
-            if rms(new_resid) < rms(resid):  # accept; trust the linearisation more
-                resid = new_resid
-                lam = lam / 3
-            else:  # reject: undo, damp harder (a shorter step, closer to gradient descent)
-                for n in names:
-                    params[n].sub_(delta[n])
-                lam = lam * 10
-        taken += 1
-    return rms(resid), taken
-
-
 # ----------------------------------------------------------------------------- one step
 def algorithm_step(
     G: nn.Module,
@@ -529,36 +346,14 @@ def algorithm_step(
     _, drift = push_targets(D, x0, eps=1.0, divergence=cfg.divergence)
     speed = drift.norm(dim=-1)
     move, eps = controlled_move(drift, cfg)
-    y = x0 + move  # eq. (22)
-    if cfg.pairing == "assignment":
-        y = y[assignment_permutation(x0, y)]
+    pairing = PAIRINGS[cfg.pairing]
+    y = pairing.match(x0, x0 + move)  # eq. (22), matched to the batch
     disp = float((y - x0).pow(2).sum(-1).mean().sqrt())
-    until = None
-    resid = [float("nan")]
-    # step 4: fit, eq. (23)
-    if cfg.faithful and cfg.fit_solver == "gauss-newton":
-        resid[0], g_taken = gauss_newton_fit(
-            G, z, y, tol=cfg.fit_tol, scale=disp, min_steps=cfg.fit_steps,
-            max_steps=cfg.fit_max_steps,
-        )
-        g_loss = resid[0] ** 2
-    else:
-        if cfg.faithful:
-            def until() -> bool:
-                with torch.no_grad():
-                    resid[0] = float((G(z) - y).pow(2).sum(-1).mean().sqrt())
-                return resid[0] < cfg.fit_tol * disp
-
-        g_loss, g_taken = fit_generator(
-            G, opt_g, z, generator_loss("flow", targets=y, pairing=cfg.pairing),
-            steps=cfg.fit_steps, until=until, max_steps=cfg.fit_max_steps,
-        )
-    if not cfg.faithful and cfg.pairing != "energy":
-        # the residual before the last step (no extra forward pass); an energy distance
-        # is no residual, so its fit_ratio stays NaN (logged as null)
-        resid[0] = math.sqrt(max(g_loss, 0.0))
+    # step 4: fit, eq. (23); outside the faithful mode always by G's optimizer
+    fit = FIT_SOLVERS[cfg.fit_solver if cfg.faithful else "optimizer"](
+        G, opt_g, z, y, pairing, cfg, disp)
     return StepInfo(
-        d_loss, g_loss, d_taken, g_taken, eps,
+        d_loss, fit.loss, d_taken, fit.steps, eps,
         drift_rms=float(speed.pow(2).mean().sqrt()), drift_max=float(speed.max()),
-        fit_ratio=resid[0] / disp if disp > 0 else 0.0,
+        fit_ratio=fit.residual / disp if disp > 0 else 0.0,
     )

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .algorithm import assignment_permutation
 from .data import Dataset
+from .fitting import assignment_permutation
 
 __all__ = ["exact_init_map", "fit_generator_to_law"]
 

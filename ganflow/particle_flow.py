@@ -31,11 +31,11 @@ from torch import nn
 from .algorithm import (
     StepConfig,
     StepInfo,
-    assignment_permutation,
     calibrate_discriminator,
     controlled_move,
     discriminator_drift,
 )
+from .fitting import assignment_permutation
 
 __all__ = ["distil_step", "particle_step"]
 

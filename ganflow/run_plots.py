@@ -5,7 +5,8 @@ over the target's density contours (2-D mixture), over the data (2-D samples), a
 histogram against the density (1-D), or for images a grid of 64 generated images above
 64 real ones; ``samples/distilled.png`` the same for a particle run's distilled
 generator; ``samples/metrics.png``: metrics against flow time. Image runs also leave
-``samples/grid-<iteration>.png`` at every evaluation (written by the trainer).
+``samples/grid-<iteration>.png`` at every evaluation (written by
+:class:`ganflow.training.logging.ImageGridLog`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from .data import Dataset
 
-__all__ = ["plot_run", "sample_figure", "save_image_grid"]
+__all__ = ["draw_run_figures", "sample_figure", "save_image_grid"]
 
 
 def save_image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], path: Path,
@@ -83,38 +84,35 @@ def sample_figure(fake: np.ndarray, real: np.ndarray, data: Dataset, title: str)
     return fig
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """(Re)draw ``samples/samples.png``, ``samples/metrics.png`` (and for a distilled
-    particle run ``samples/distilled.png``) of a run; returns the paths written."""
+def draw_run_figures(run) -> list[Path]:
+    """Draw ``samples/samples.png``, ``samples/metrics.png`` (and for a distilled
+    particle run ``samples/distilled.png``) of a :class:`ganflow.training.Run`; returns
+    the paths written."""
     import matplotlib.pyplot as plt
 
     from .plots import save_figure
-    from .trainer import _load_run, read_metrics
 
-    run_dir = Path(run_dir)
-    trainer = _load_run(run_dir, device="cpu")
-    data, cfg = trainer.data, trainer.cfg
-    n = trainer.eval_n
+    run_dir, data, cfg = run.path, run.data, run.config
+    n = run.session.eval_n
     real = data.sample(n, torch.Generator().manual_seed(cfg.seed + 2)).numpy()
-    what = f"{cfg.method} on {data.name}: iteration {trainer.iteration}, t = " \
-           f"{trainer.flow_time:.3g}"
+    what = f"{cfg.method} on {data.name}: iteration {run.iteration}, t = {run.flow_time:.3g}"
     figures = [("samples.png", False, what)]
-    if trainer.distilled:
+    if run.session.method.samples_are_particles and run.has_generator:
         figures.append(("distilled.png", True, f"generator distilled from {what}"))
     written = []
     for name, use_generator, title in figures:
         if data.image_shape is not None:  # generated images above real ones
-            fake = trainer.draw(min(n, 64), torch.Generator().manual_seed(cfg.seed + 1),
-                                use_generator=use_generator).cpu()
+            fake = run.session.draw(min(n, 64), torch.Generator().manual_seed(cfg.seed + 1),
+                                    use_generator=use_generator).cpu()
             gap = torch.ones(8, fake.shape[1])  # a white row between generated and real
             both = torch.cat([fake, gap, torch.from_numpy(real[:len(fake)]).float()])
             written.append(save_image_grid(both, data.image_shape, run_dir / "samples" / name))
             continue
-        fake = trainer.draw(n, torch.Generator().manual_seed(cfg.seed + 1),
-                            use_generator=use_generator).double().cpu().numpy()
+        fake = run.session.draw(n, torch.Generator().manual_seed(cfg.seed + 1),
+                                use_generator=use_generator).double().cpu().numpy()
         fig = sample_figure(fake, real, data, title)
         written.append(save_figure(fig, run_dir / "samples" / name))
-    rows = read_metrics(run_dir)
+    rows = run.metrics()
     if rows:
         keys = [k for k in ("hq", "mode_kl", "frechet_distance", "class_coverage", "energy",
                             "w2") if k in rows[0]]

@@ -6,7 +6,7 @@ are isotropic Gaussian mixtures in any dimension,
     rho(x) = sum_k w_k N(x; mu_k, sigma_k^2 I),
 
 which satisfy the paper's assumptions (section 4: positive everywhere, finite Fisher
-information). Named benchmarks follow DESIGN.md: ``ring8`` (8 modes on the circle of
+information). Named benchmarks: ``ring8`` (8 modes on the circle of
 radius 2, std 0.02) and ``grid25`` (25 modes on {-4,-2,0,2,4}^2, std 0.05).
 
 A user writes a mixture as JSON: ``{"weights": [...], "means": [[...], ...], "stds": [...]}``.
@@ -232,14 +232,14 @@ def _numpy_in_out(x, fn: Callable[[torch.Tensor], torch.Tensor], mixture: Gaussi
 
 # ---------------------------------------------------------------------- benchmarks
 def ring8(radius: float = 2.0, std: float = 0.02) -> GaussianMixture:
-    """8 equal Gaussians with centres on the circle of the given radius (DESIGN.md)."""
+    """8 equal Gaussians with centres on the circle of the given radius."""
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = radius * torch.stack([angles.cos(), angles.sin()], 1)
     return GaussianMixture([1 / 8] * 8, means, [std] * 8, name="ring8")
 
 
 def grid25(spacing: float = 2.0, std: float = 0.05) -> GaussianMixture:
-    """25 equal Gaussians at {-2,-1,0,1,2}^2 * spacing (DESIGN.md: spacing 2, std 0.05)."""
+    """25 equal Gaussians at {-2,-1,0,1,2}^2 * spacing (by default spacing 2, std 0.05)."""
     ticks = torch.arange(-2, 3, dtype=torch.float64) * spacing
     gx, gy = torch.meshgrid(ticks, ticks, indexing="ij")
     means = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)

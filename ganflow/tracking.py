@@ -108,7 +108,7 @@ def _flow_times(run_dir: Path) -> dict[int, float]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise GanflowError(f"{str(run_dir)!r} has no metrics.jsonl: not a ganflow run folder")
-    from .trainer import read_metrics  # the one reader: it skips a torn last line
+    from .training import read_metrics  # the one reader: it skips a torn last line
 
     rows = read_metrics(run_dir)
     return {int(r["iteration"]): float(r["flow_time"]) for r in rows}
@@ -146,15 +146,15 @@ def track_run(
         box: half-width of the grid (default: the target's extent and the samples').
         dt: the PDE's initial step (it grows up to the spacing of snapshot times / 4).
     """
-    from .trainer import _load_run
+    from .training import load_run
 
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text()) if (
         run_dir / "config.json").exists() else None
     if cfg is None:
         raise GanflowError(f"{str(run_dir)!r} is not a run folder: no config.json in it")
-    trainer = _load_run(run_dir, device="cpu")
-    mixture = trainer.data.mixture
+    run = load_run(run_dir)
+    mixture = run.data.mixture
     if mixture is None or mixture.dim > 2:
         raise GanflowError(
             f"tracking needs a 1-D or 2-D Gaussian-mixture target (a known density); "
@@ -169,7 +169,7 @@ def track_run(
     times_of = _flow_times(run_dir)
     snaps = [(it, p) for it, p in snaps if it in times_of]
 
-    G = trainer.G
+    G = run.G
     samples = []
     for _, path in snaps:
         if path.name.startswith("P-"):
@@ -177,7 +177,7 @@ def track_run(
             x = load_file(str(path))["particles"][: int(n)].double()
         else:
             G.load_state_dict(load_file(str(path)))
-            z = trainer.sample_latent(int(n), torch.Generator().manual_seed(seed))
+            z = run.sample_latent(int(n), torch.Generator().manual_seed(seed))
             with torch.no_grad():
                 x = G(z).double().cpu()
         if not torch.isfinite(x).all():

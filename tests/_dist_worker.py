@@ -3,13 +3,13 @@ r"""Worker of tests/test_distributed.py, run by ``torchrun`` (one copy per rank)
 Modes:
 
 * ``equiv``: a few :func:`ganflow.algorithm.algorithm_step` s (SGD) for each case of
-  :data:`CASES` with rank-seeded batches and :func:`ganflow.distributed.attach`, then
+  :data:`CASES` with rank-seeded batches and :func:`ganflow.training.distributed.attach`, then
   the same D trained by ``DistributedDataParallel`` and by the hook side by side; every
   rank writes its final parameters to ``OUT/rank<r>.pt``. ``--fail-rank R --fail-after S``
   makes rank R raise after its S-th step (the others carry on into a collective).
 * ``interrupt``: train until Ctrl-C (after creating ``OUT/ready<r>``), stop every rank at
-  the same iteration (:func:`ganflow.distributed.interrupt_flag` +
-  :meth:`~ganflow.distributed.DistContext.any_flag`), checkpoint every rank's generator
+  the same iteration (:func:`ganflow.training.distributed.interrupt_flag` +
+  :meth:`~ganflow.training.distributed.DistContext.any_flag`), checkpoint every rank's generator
   state to ``OUT/ckpt.pt`` and write the iteration to ``OUT/stopped<r>``.
 * ``bench``: iterations/s of the default configuration (Adam, batch 512, 3 x 128 MLPs)
   and the seconds spent in the gradient all-reduce; rank 0 prints one JSON line. Also runs
@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ganflow.algorithm import StepConfig, algorithm_step
-from ganflow.distributed import attach, distributed_session, interrupt_flag, rank_seed
 from ganflow.networks import make_discriminator, make_generator
+from ganflow.training.distributed import distributed_session, interrupt_flag, rank_seed
+from ganflow.training.grad_sync import attach
 
 # (name, method, d_steps, fit_steps): K > 1 and several D steps check that the hook
 # averages every optimizer step, not one per iteration

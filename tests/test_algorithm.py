@@ -12,13 +12,15 @@ from ganflow import GanflowError
 from ganflow.algorithm import (
     StepConfig,
     algorithm_step,
-    assignment_permutation,
     calibrate_discriminator,
+    push_targets,
+)
+from ganflow.fitting import (
+    assignment_permutation,
     energy_fit_loss,
     fit_generator,
     gauss_newton_fit,
     generator_loss,
-    push_targets,
 )
 from ganflow.networks import make_discriminator, make_generator
 

@@ -134,8 +134,8 @@ def test_unlabelled_png_folder_trains_with_random_features(cwd):
 
 
 def test_unlabelled_images_metrics_say_what_they_cannot_compute():
-    from ganflow.features import image_metrics
-    from ganflow.images import LabelledImages
+    from ganflow.data.images import LabelledImages
+    from ganflow.metrics.features import image_metrics
 
     rng = np.random.default_rng(1)
     imgs = rng.uniform(-1, 1, (40, 1, 8, 8)).astype(np.float32)
@@ -146,8 +146,8 @@ def test_unlabelled_images_metrics_say_what_they_cannot_compute():
 
 
 def test_unwritable_classifier_cache_warns_and_continues(cwd, monkeypatch, caplog):
-    import ganflow.features as feat
-    from ganflow.images import LabelledImages
+    import ganflow.metrics.classifier as feat
+    from ganflow.data.images import LabelledImages
 
     monkeypatch.setenv("GANFLOW_CACHE", str(cwd / "afile" / "cache"))
     monkeypatch.setattr(feat, "_unsaved", {})
@@ -155,7 +155,7 @@ def test_unwritable_classifier_cache_warns_and_continues(cwd, monkeypatch, caplo
     arrays = LabelledImages(rng.uniform(-1, 1, (30, 1, 8, 8)).astype(np.float32),
                             np.arange(30) % 3, "tiny")
     monkeypatch.setattr(feat, "_epochs", lambda n: 1)
-    with caplog.at_level("WARNING", logger="ganflow.features"):
+    with caplog.at_level("WARNING", logger="ganflow.metrics.classifier"):
         net = feat.feature_net(arrays)
         again = feat.feature_net(arrays)  # kept in memory: not retrained
     assert again is net

@@ -8,7 +8,7 @@ import torch
 from scipy import integrate
 
 import ganflow as gf
-from ganflow._density import (
+from ganflow.metrics.density import (
     KDEDensity,
     divergences_on_grid,
     jsd_monte_carlo,
@@ -115,7 +115,7 @@ def test_bad_metric_inputs():
 
 
 def test_evaluate_samples_separates_good_from_collapsed():
-    from ganflow.evaluation import evaluate_samples
+    from ganflow.metrics.evaluate import evaluate_samples
 
     good = gf.ring8().sample(1500, generator=torch.Generator().manual_seed(7))
     res = evaluate_samples(good, "ring8", w2_samples=500)

@@ -1,4 +1,4 @@
-r"""Data parallelism (ganflow.distributed): 2 gloo processes launched by torchrun against
+r"""Data parallelism (ganflow.training.distributed): 2 gloo processes launched by torchrun against
 one process on the concatenated batches, DDP, failure and interrupt handling, and the
 one-process no-op context.
 
@@ -21,15 +21,15 @@ import torch
 
 from ganflow._errors import GanflowError
 from ganflow.algorithm import StepConfig, algorithm_step
-from ganflow.distributed import (
+from ganflow.training.distributed import (
     DistContext,
-    attach,
     check_supported,
     distributed_session,
     rank_seed,
     setup_from_env,
     shutdown,
 )
+from ganflow.training.grad_sync import attach
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
 LAUNCH_TIMEOUT = 60  # seconds; a launch takes ~6 s on the shared 2-core machine
@@ -336,7 +336,7 @@ def _train_2_ranks(args: list[str], timeout: float = 2 * LAUNCH_TIMEOUT) -> str:
 def test_trainer_on_two_ranks_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
-    from ganflow.trainer import read_metrics, resume
+    from ganflow.training import read_metrics, resume
 
     # constant learning rate: a decay's horizon is fixed when a run is created
     common = ["--width", "16", "--depth", "2", "--batch-size", "32", "--eval-every", "10",

@@ -26,11 +26,14 @@ import torch
 from typer.testing import CliRunner
 
 import ganflow._io as io_mod
-import ganflow._runfolder as rf
-import ganflow.trainer as trainer_mod
+import ganflow.training._runfolder as rf
+import ganflow.training.checkpoint as checkpoint_mod
+import ganflow.training.logging as logging_mod
+import ganflow.training.methods.generator as generator_mod
+import ganflow.training.run as run_mod
 from ganflow import GanflowError
 from ganflow.cli import app
-from ganflow.trainer import TrainConfig, read_metrics, resume, sample_run, train
+from ganflow.training import TrainConfig, read_metrics, resume, sample_run, train
 
 TINY = dict(width=16, depth=2, batch_size=32, iterations=40, eval_every=10, eval_samples=200,
             w2_samples=100)
@@ -60,7 +63,7 @@ def _no_figures():
     # a finished run draws its figures; they are not under test here and cost a second
     # each (test_enospc_in_a_metrics_append draws them from a torn file on purpose)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_mod, "plot_run", lambda run_dir: [])
+        mp.setattr(run_mod, "_end_of_run_figures", lambda s: None)
         yield
 
 
@@ -118,7 +121,7 @@ def _arm(point: tuple) -> None:
                 die()
             io_mod.append_line_durable(path, line)
 
-        trainer_mod.append_line_durable = append
+        logging_mod.append_line_durable = append
     elif kind == "unlink":
         real_unlink = Path.unlink
 
@@ -203,9 +206,9 @@ def _script(body: str) -> list[str]:
         import json, sys, torch
         torch.set_num_threads(1)
         sys.path.insert(0, {str(ROOT)!r})
-        import ganflow.trainer
-        from ganflow.trainer import TrainConfig, train
-        ganflow.trainer.plot_run = lambda run_dir: []  # figures are not under test
+        import ganflow.training.run
+        from ganflow.training import TrainConfig, train
+        ganflow.training.run._end_of_run_figures = lambda s: None  # figures are not under test
         TINY = {TINY!r}
     """
     return [sys.executable, "-c", textwrap.dedent(pre) + textwrap.dedent(body)]
@@ -239,13 +242,13 @@ def test_sigkill_at_a_random_moment_and_a_second_writer(tmp_path, reference, cap
     run = tmp_path / "run"
 
     def body():
-        real = trainer_mod.algorithm_step
+        real = generator_mod.algorithm_step
 
         def slow(*a, **k):
             time.sleep(0.01)  # the kill lands mid-run, whatever the machine's speed
             return real(*a, **k)
 
-        trainer_mod.algorithm_step = slow
+        generator_mod.algorithm_step = slow
         # a long horizon with the reference's lr schedule (lr_decay_iters = 40)
         train(TrainConfig(**{**TINY, "iterations": 100000, "lr_decay_iters": 40}), out=run,
               progress=False)
@@ -277,7 +280,7 @@ def test_real_sigterm_saves_like_ctrl_c(tmp_path, reference):
     run = tmp_path / "run"
     proc = subprocess.Popen(
         _script(f"""
-            import ganflow.trainer as tm, time
+            import ganflow.training.methods.generator as tm, time
             real = tm.algorithm_step
             def slow(*a, **k):
                 time.sleep(0.01)  # room for the signal to land between evaluations
@@ -304,7 +307,7 @@ def test_real_sigterm_saves_like_ctrl_c(tmp_path, reference):
 
 
 def test_cli_sigterm_prints_the_resume_command(tmp_path, monkeypatch):
-    real = trainer_mod.algorithm_step
+    real = generator_mod.algorithm_step
     calls = {"n": 0}
 
     def terminating(*args, **kwargs):
@@ -314,7 +317,7 @@ def test_cli_sigterm_prints_the_resume_command(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)  # a real SIGTERM, handled as Ctrl-C
         return info
 
-    monkeypatch.setattr(trainer_mod, "algorithm_step", terminating)
+    monkeypatch.setattr(generator_mod, "algorithm_step", terminating)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--iterations", "20",
                                    "--eval-every", "10", "--width", "8", "--depth", "1",
@@ -341,7 +344,7 @@ def test_real_efbig_tears_a_row_and_resumes(tmp_path, reference):
                 resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
             io_mod.append_line_durable(path, line)
 
-        trainer_mod.append_line_durable = append
+        logging_mod.append_line_durable = append
         try:
             train(TrainConfig(**TINY), out=run, progress=False)
         except GanflowError as exc:
@@ -367,7 +370,7 @@ def test_real_efbig_tears_a_row_and_resumes(tmp_path, reference):
 def test_enospc_in_a_metrics_append(tmp_path, reference, monkeypatch):
     import errno
 
-    real = trainer_mod.append_line_durable
+    real = logging_mod.append_line_durable
     n = {"k": 0}
 
     def full(path, line):
@@ -378,16 +381,16 @@ def test_enospc_in_a_metrics_append(tmp_path, reference, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, line)
 
-    monkeypatch.setattr(trainer_mod, "append_line_durable", full)
+    monkeypatch.setattr(logging_mod, "append_line_durable", full)
     with pytest.raises(GanflowError, match="No space left on device") as info:
         train(TrainConfig(**TINY), out=tmp_path / "run", progress=False)
     assert "\n" not in str(info.value) and "iteration 10 is kept" in str(info.value)
-    monkeypatch.setattr(trainer_mod, "append_line_durable", real)
+    monkeypatch.setattr(logging_mod, "append_line_durable", real)
     # every reader tolerates the torn tail
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [0, 10]
-    from ganflow.run_plots import plot_run
+    from ganflow.training import plot_run
 
-    assert plot_run(tmp_path / "run")  # `ganflow plot` (trainer.plot_run is stubbed here)
+    assert plot_run(tmp_path / "run")  # `ganflow plot` (the end-of-run figures are stubbed here)
     resume(tmp_path / "run", progress=False)
     _assert_same_run(reference, tmp_path / "run")
 
@@ -396,7 +399,7 @@ def test_enospc_in_a_checkpoint_write_leaves_no_temp(tmp_path, reference, monkey
     import errno
 
     armed = {"on": False}
-    real_fsync, real_write = io_mod.os.fsync, trainer_mod.write_safetensors_atomic
+    real_fsync, real_write = io_mod.os.fsync, checkpoint_mod.write_safetensors_atomic
 
     def fsync(fd):
         if armed["on"]:
@@ -411,7 +414,7 @@ def test_enospc_in_a_checkpoint_write_leaves_no_temp(tmp_path, reference, monkey
             armed["on"] = False
 
     monkeypatch.setattr(io_mod.os, "fsync", fsync)
-    monkeypatch.setattr(trainer_mod, "write_safetensors_atomic", write)
+    monkeypatch.setattr(checkpoint_mod, "write_safetensors_atomic", write)
     with pytest.raises(GanflowError, match="No space left on device.*iteration 10 is kept"):
         train(TrainConfig(**TINY), out=tmp_path / "run", progress=False)
     monkeypatch.undo()

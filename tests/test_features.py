@@ -12,17 +12,15 @@ import scipy.linalg
 import torch
 
 from ganflow import GanflowError
-from ganflow.features import (
-    cache_dir,
+from ganflow.data.images import LabelledImages, labelled_images
+from ganflow.metrics.classifier import cache_dir, feature_net, train_classifier
+from ganflow.metrics.features import (
     class_coverage,
-    feature_net,
     frechet_distance,
     image_metrics,
     kernel_distance,
     precision_recall,
-    train_classifier,
 )
-from ganflow.images import LabelledImages, labelled_images
 
 
 # ------------------------------------------------------------------ statistics
@@ -168,7 +166,7 @@ def test_classifier_accuracy_on_digits(digits_net):
 def test_classifier_cache_reused_and_reproducible(digits_net, monkeypatch):
     net, cache = digits_net
     monkeypatch.setenv("GANFLOW_CACHE", str(cache))
-    monkeypatch.setattr("ganflow.features.train_classifier",
+    monkeypatch.setattr("ganflow.metrics.classifier.train_classifier",
                         lambda *a, **k: pytest.fail("retrained despite a cache entry"))
     again = feature_net("digits", seed=0)
     assert again.from_cache and again.accuracy == net.accuracy

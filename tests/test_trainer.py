@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ganflow.trainer as trainer_mod
+import ganflow.training.methods.generator as generator_mod
 from ganflow import GanflowError
 from ganflow.cli import app
-from ganflow.trainer import (
+from ganflow.training import (
     TrainConfig,
     TrainingDivergedError,
     read_metrics,
@@ -86,7 +86,7 @@ def test_seeds_matter_and_repeat(tmp_path):
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_step = trainer_mod.algorithm_step
+    real_step = generator_mod.algorithm_step
     calls = {"n": 0}
 
     def poisoned(G, *args, **kwargs):
@@ -98,7 +98,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
             info.g_loss = float("nan")
         return info
 
-    monkeypatch.setattr(trainer_mod, "algorithm_step", poisoned)
+    monkeypatch.setattr(generator_mod, "algorithm_step", poisoned)
     with pytest.raises(TrainingDivergedError, match="g loss is nan at iteration 15"):
         train(TrainConfig(**TINY), out=tmp_path / "run", progress=False)
     state = json.loads((tmp_path / "run/checkpoints/latest.json").read_text())
@@ -169,7 +169,7 @@ def test_ctrl_c_saves_and_resumes_exactly(tmp_path, monkeypatch):
 
     cfg = TrainConfig(**TINY)
     train(cfg, out=tmp_path / "full", progress=False)
-    real_step = trainer_mod.algorithm_step
+    real_step = generator_mod.algorithm_step
     calls = {"n": 0}
 
     def interrupting(*args, **kwargs):
@@ -179,11 +179,11 @@ def test_ctrl_c_saves_and_resumes_exactly(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return info
 
-    monkeypatch.setattr(trainer_mod, "algorithm_step", interrupting)
+    monkeypatch.setattr(generator_mod, "algorithm_step", interrupting)
     res = train(cfg, out=tmp_path / "cut", progress=False)
     assert res.status == "interrupted" and res.iteration == 12
     state = json.loads((tmp_path / "cut/checkpoints/latest.json").read_text())
     assert state["iteration"] == 12  # the finished iteration was saved, not lost
-    monkeypatch.setattr(trainer_mod, "algorithm_step", real_step)
+    monkeypatch.setattr(generator_mod, "algorithm_step", real_step)
     resume(tmp_path / "cut", progress=False)
     assert _strip(read_metrics(tmp_path / "full")) == _strip(read_metrics(tmp_path / "cut"))

@@ -12,7 +12,7 @@ Noise floor of the metrics (four2d against fresh four2d, 20 draws): energy dista
 
 from __future__ import annotations
 
-from ganflow.trainer import TrainConfig, read_metrics, train
+from ganflow.training import TrainConfig, read_metrics, train
 
 _SMALL = dict(data="four2d", width=32, depth=2, batch_size=128, eval_samples=1000,
               w2_samples=500, seed=0)

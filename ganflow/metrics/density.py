@@ -19,12 +19,13 @@ import math
 import numpy as np
 import torch
 
-from ._errors import GanflowError
-from ._pairwise import pair_sums
-from .grid import Grid
-from .kde import kde_log_density, resolve_bandwidth
-from .pde import jsd_on_grid, l1_on_grid
-from .targets import GaussianMixture
+from .._errors import GanflowError
+from .._pairwise import pair_sums
+from ..grid import Grid
+from ..kde import kde_log_density, resolve_bandwidth
+from ..pde import jsd_on_grid, l1_on_grid
+from ..targets import GaussianMixture
+from ._coerce import as_samples
 
 __all__ = [
     "KDEDensity",
@@ -37,14 +38,7 @@ __all__ = [
 
 
 def _points(x, what: str) -> torch.Tensor:
-    t = torch.as_tensor(
-        np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    )
-    if t.ndim != 2 or len(t) < 2:
-        raise GanflowError(f"{what} must have shape (n, d) with n >= 2, got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise GanflowError(f"{what} contains NaN or Inf")
-    return t
+    return torch.from_numpy(as_samples(x, what, min_rows=2))
 
 
 class KDEDensity:

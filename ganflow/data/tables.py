@@ -1,4 +1,6 @@
-r"""Data sets for training: the samples of :math:`\rho_d` (docs/theory.md section 1).
+r"""Data sets for training: the samples of :math:`\rho_d` (docs/theory.md section 1);
+this module holds :class:`Dataset`, the sample-only benchmarks and user tables
+(:func:`ganflow.data.load_data` is the entry point).
 
 Algorithm 1 only ever *samples* :math:`\rho_d` (step 1 of section 5), so a data set is
 anything that can draw ``n`` points of shape (n, d) reproducibly from a
@@ -6,10 +8,10 @@ anything that can draw ``n`` points of shape (n, d) reproducibly from a
 
 * Gaussian mixtures (everything :func:`ganflow.targets.load_target` accepts: ``ring8``,
   ``grid25``, ``bimodal``, ``normal:MEAN:STD``, a JSON file). These carry their exact
-  density in :attr:`Dataset.mixture`, which the mode metrics of DESIGN.md need.
+  density in :attr:`Dataset.mixture`, which the mode metrics need.
 * Sample-only 2-D benchmarks: ``swissroll``, ``moons``, ``checkerboard``, ``circles``.
 * A user table: a ``.npy`` or ``.csv`` file of shape (n, d), sampled with replacement.
-* Images (:mod:`ganflow.images`): ``digits``, ``mnist``, ``mnist:PATH``, a ``.npz`` /
+* Images (:mod:`ganflow.data.images`): ``digits``, ``mnist``, ``mnist:PATH``, a ``.npz`` /
   ``.pkl.gz`` file or a folder of PNGs. Samples are flattened images (n, C*H*W) in
   [-1, 1]; :attr:`Dataset.image_shape` is (C, H, W).
 
@@ -28,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._errors import GanflowError
-from .targets import GaussianMixture, load_target, named_targets
+from .._errors import GanflowError
+from ..targets import GaussianMixture
 
-__all__ = ["Dataset", "load_data", "data_names", "MIN_TABLE_ROWS"]
+__all__ = ["MIN_TABLE_ROWS", "SAMPLE_ONLY", "Dataset", "mixture_dataset", "table_dataset"]
 
 # A table with fewer rows cannot be told apart from its own resampling noise; 2 rows is
 # also the least for a length scale (a nearest-neighbour distance).
@@ -116,19 +118,12 @@ def _checkerboard(n: int, g: torch.Generator | None) -> torch.Tensor:
 
 # name -> (sampler, length scale): the noise std, or (checkerboard) a tenth of a cell,
 # the scale on which a sample can be visibly off the pattern.
-_SAMPLE_ONLY: dict[str, tuple[Sampler, float]] = {
+SAMPLE_ONLY: dict[str, tuple[Sampler, float]] = {
     "swissroll": (_swissroll, 0.05),
     "moons": (_moons, 0.05),
     "circles": (_circles, 0.03),
     "checkerboard": (_checkerboard, 0.1),
 }
-
-
-def data_names() -> list[str]:
-    """Named data sets accepted by :func:`load_data` (besides mixture specs and files)."""
-    from .images import IMAGE_DATA  # lazy: ganflow.images imports this module
-
-    return sorted(set(named_targets()) | set(_SAMPLE_ONLY) | set(IMAGE_DATA))
 
 
 # ------------------------------------------------------------------ user tables
@@ -157,7 +152,7 @@ def _read_table(path: Path) -> np.ndarray:
     return np.asarray(arr, dtype=np.float64)
 
 
-def _table_dataset(path: Path) -> Dataset:
+def table_dataset(path: Path) -> Dataset:
     arr = _read_table(path)
     if arr.ndim == 1:
         arr = arr[:, None]  # a column of numbers is n samples in 1-D
@@ -199,45 +194,7 @@ def _nn_length_scale(arr: np.ndarray, max_rows: int = 2000) -> float:
     return max(scale, 1e-3 * spread, 1e-12)
 
 
-# ------------------------------------------------------------------ entry point
-def load_data(spec: str | Path | GaussianMixture | Dataset) -> Dataset:
-    """Resolve a data description to a :class:`Dataset`.
-
-    ``spec`` is a :class:`Dataset` (returned as is), a :class:`GaussianMixture`, a named
-    data set (:func:`data_names`), ``normal:MEAN:STD``, or a file path: ``.json`` (a
-    mixture), ``.npy`` / ``.csv`` (a table of shape (n, d)); or image data
-    (:mod:`ganflow.images`): ``digits``, ``mnist``, ``mnist:PATH``, a ``.npz`` / ``.pkl.gz``
-    file or a folder of PNG images.
-    """
-    if isinstance(spec, Dataset):
-        return spec
-    if isinstance(spec, GaussianMixture):
-        return _mixture_dataset(spec)
-    text = str(spec)
-    if text in _SAMPLE_ONLY:
-        sampler, scale = _SAMPLE_ONLY[text]
-        return Dataset(text, 2, scale, sampler)
-    from .images import is_image_spec, load_images  # lazy: ganflow.images imports this module
-
-    if is_image_spec(text) and text not in named_targets():  # a folder named 'ring8' stays ring8
-        return load_images(text)
-    suffix = Path(text).suffix.lower()
-    if suffix in (".npy", ".csv"):
-        return _table_dataset(Path(text))
-    try:
-        mixture = load_target(text)
-    except GanflowError as exc:
-        if text in named_targets() or text.startswith("normal:") or suffix == ".json":
-            raise
-        raise GanflowError(
-            f"unknown data {text!r}: expected one of {data_names()}, 'normal:MEAN:STD', "
-            f"'mnist:PATH', a .json (mixture), .npy or .csv (table of shape (n, d)) file, a "
-            f".npz file of images or a folder of PNG images"
-        ) from exc
-    return _mixture_dataset(mixture)
-
-
-def _mixture_dataset(mixture: GaussianMixture) -> Dataset:
+def mixture_dataset(mixture: GaussianMixture) -> Dataset:
     def sampler(n: int, g: torch.Generator | None) -> torch.Tensor:
         return mixture.sample(n, generator=g, dtype=torch.float64)
 

@@ -1,81 +1,18 @@
 r"""Data-parallel training through ``torch.distributed``: one process per rank,
-launched by ``torchrun``; nothing here starts or supervises processes.
+launched by ``torchrun`` (``torchrun --standalone --nproc_per_node=2 -m ganflow train
+...``); nothing here starts or supervises processes.
 
-Launching::
-
-    # one machine, 2 processes (CPU: gloo; with --device cuda: NCCL, one GPU per rank)
-    torchrun --standalone --nproc_per_node=2 -m ganflow train --data ring8 ...
-
-    # several machines: the same command on each, node_rank 0..nnodes-1
-    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 \
-        --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT -m ganflow train ...
-
-``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``; :func:`setup_from_env` reads them and, when ``WORLD_SIZE`` > 1, joins the
-process group (backend ``nccl`` when the run's device is CUDA, else ``gloo``). Without
-them (a plain ``ganflow train``) it returns a single-process context whose every method
-is a no-op, so the trainer calls this layer unconditionally.
-
-What is averaged. Every rank holds the same G and D (initialised from the same seed and
-broadcast from rank 0) and draws its own data and latent batches of m =
-``batch_size`` points from its own generator (:func:`rank_seed`). Before *every*
-``optimizer.step()`` - each of D's calibration steps and each of G's K fit steps - a
-pre-hook (:func:`attach`) replaces every parameter's ``.grad`` by its mean over the
-ranks. The losses of :mod:`ganflow.algorithm` are batch means, so the mean of the N
-per-rank gradients is the gradient of the same loss on the union batch of N x m points:
-one iteration is an iteration with the *effective batch N x m* (what ``DistributedData
-Parallel`` computes too; tests/test_distributed.py checks both, against DDP and against
-a one-process run on the concatenated batches). The parameters stay identical on all
-ranks because every rank applies the same averaged gradient to the same parameters.
-
-This holds for networks whose forward pass treats points independently (the MLPs and
-conv nets here): a layer with batch statistics (BatchNorm) would normalise by each rank's
-m points, and its running buffers would drift apart across ranks.
-
-What is *not* pooled: anything a rank computes from its own batch without a gradient.
-The targets y_i = G(z_i) + eps drift(G(z_i)) are per point and need nothing else, so
-index pairing is unaffected. Assignment pairing (``pairing="assignment"``) solves the
-optimal assignment between each rank's m points G(z_i) and its own m targets: the
-set-wise fit is a sum of N independent optimal transports of size m, not one transport
-of size N x m. Each is still a valid coupling of the union batch (block diagonal), but
-not the optimal one, so the set-wise estimator is coarser - as with a one-process run
-at batch m - while its cost is N times smaller than one N x m assignment.
-Energy pairing (``pairing="energy"``) likewise compares each rank's m points with its
-own m targets: the averaged gradient is that of the mean of N energy distances of
-size m, not of one energy distance between the union sets.
-
-In a training loop, on every rank::
-
-    with distributed_session(cfg.device) as ctx, interrupt_flag() as stop:
-        check_supported(cfg, ctx)
-        G, D = ...                       # from cfg.seed, identical on every rank
-        ctx.broadcast_module(G); ctx.broadcast_module(D)   # after loading a checkpoint
-        attach(opt_g, ctx); attach(opt_d, ctx)
-        gen = torch.Generator().manual_seed(rank_seed(cfg.seed, ctx.rank))
-        while it < end:
-            if ctx.any_flag(stop.is_set()):           # every rank, every iteration
-                break
-            info = algorithm_step(G, D, opt_g, opt_d, ...)    # batch m per rank
-            if ctx.any_flag(not finite(info)): raise ...      # all ranks raise together
-            if it % eval_every == 0:
-                states = ctx.gather_objects(gen.get_state())  # every rank calls it
-                if ctx.is_main: evaluate, log, save (G, D, optimizers, states)
-
-Single-process only (:func:`check_supported`): the faithful mode stops D's calibration
-and G's fit on criteria measured on each rank's own batch, so ranks could take different
-numbers of optimizer steps and wait forever in each other's all-reduce; the Gauss-Newton
-fit moves parameters without the optimizer, so its update would not be averaged.
-
-Stopping together. A rank that leaves the loop early while the others enter a collective
-hangs them (until the process-group timeout). The trainer therefore agrees on every
-rank-local stop reason (Ctrl-C, a NaN loss) with :meth:`DistContext.any_flag` once per
-iteration, at the same point on every rank. Ctrl-C reaches each rank twice: from the
-terminal (the whole foreground process group) and, a moment later, forwarded by the
-``torchrun`` agent, which then waits 30 s before killing; :func:`interrupt_flag` treats
-a repeat within ``grace_s`` as the same interrupt, so the ranks still stop between
-iterations and checkpoint. A rank that dies (an exception, a kill) is handled by
-``torchrun``: its agent sees the failed worker and terminates the others, and the launch
-exits non-zero (tests/test_distributed.py checks that no process is left).
+:func:`setup_from_env` reads torchrun's ``RANK``, ``WORLD_SIZE``, ... and joins the process
+group (``nccl`` for CUDA, else ``gloo``); without them it returns a one-process context
+whose every method is a no-op, so the training loop calls this layer unconditionally.
+Every rank holds the same G and D and draws its own batches (:func:`rank_seed`); a
+pre-hook on every ``optimizer.step()`` (:func:`ganflow.training.grad_sync.attach`)
+replaces each gradient by its mean over the ranks, so an iteration is one with the
+effective batch N x m. Rank-local stop reasons (Ctrl-C, a NaN) are agreed with
+:meth:`DistContext.any_flag` once per iteration, so no rank is left waiting in a
+collective. Why this is exact, what is not pooled (assignment and energy pairings act
+per rank), and what is single-process
+(:func:`check_supported`) is written out in docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -94,12 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._errors import GanflowError
+from .._errors import GanflowError
 
 __all__ = [
     "STOP_SIGNALS",
     "DistContext",
-    "attach",
     "check_supported",
     "distributed_session",
     "interrupt_flag",
@@ -390,105 +326,6 @@ def interrupt_flag(
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-
-
-# ------------------------------------------------------------------ gradient averaging
-@dataclass
-class _HookStats:
-    """Time spent in the gradient all-reduce (for benchmarks): calls and seconds."""
-
-    calls: int = 0
-    seconds: float = 0.0
-
-
-def _grad_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    # every parameter the optimizer owns, in its own (deterministic, rank-independent)
-    # order; duplicates across groups would be reduced twice, so keep the first
-    seen: set[int] = set()
-    out = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
-
-
-def _average_grads(params: Sequence[torch.Tensor], world: int, flatten: bool) -> None:
-    r"""Replace each ``p.grad`` by its mean over the ranks (SUM, then / world).
-
-    A parameter without a gradient on some rank counts as a zero gradient there (DDP's
-    rule for unused parameters); one without a gradient on every rank keeps ``None``, so
-    the optimizer skips it as it would in one process. Ranks must agree on which tensors
-    are reduced, whatever their local ``.grad`` is, or the collectives would not match:
-    hence zeros for missing gradients and a per-parameter presence count on the wire."""
-    # one bucket per dtype and device (a collective moves one dtype), in parameter order
-    buckets: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for p in params:
-        buckets.setdefault((p.dtype, p.device), []).append(p)
-    for (dtype, dev), ps in buckets.items():
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
-        present = torch.tensor([0.0 if p.grad is None else 1.0 for p in ps], dtype=dtype,
-                               device=dev)
-        if flatten:
-            flat = torch.cat([g.reshape(-1) for g in grads] + [present])
-            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-            flat.div_(world)
-            outs = list(torch.split(flat, [g.numel() for g in grads] + [len(ps)]))
-            count = outs.pop()
-        else:
-            for g in grads:
-                torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.SUM)
-            torch.distributed.all_reduce(present, op=torch.distributed.ReduceOp.SUM)
-            outs = [g.div_(world) for g in grads]
-            count = present
-        for p, g, c in zip(ps, outs, count.tolist(), strict=True):
-            if c == 0:
-                p.grad = None  # no rank had a gradient: leave the parameter alone
-            elif flatten:
-                p.grad = g.view_as(p).clone() if p.grad is None else p.grad.copy_(g.view_as(p))
-            else:
-                p.grad = g
-
-
-def attach(
-    optimizer: torch.optim.Optimizer, ctx: DistContext | None = None, *, flatten: bool = True,
-) -> torch.utils.hooks.RemovableHandle | None:
-    r"""Average the gradients of ``optimizer``'s parameters over the ranks before each step.
-
-    Registers a ``register_step_pre_hook`` that all-reduces (mean) every parameter's
-    ``.grad`` right before every ``optimizer.step()``, so :func:`ganflow.algorithm.
-    algorithm_step` runs unchanged: each of D's calibration steps and each of G's K fit
-    steps uses the gradient of the batch-mean loss on the union of the ranks' batches.
-    Every rank must therefore call ``step()`` the same number of times (see
-    :func:`check_supported`).
-
-    Args:
-        ctx: the run's context (default: :func:`setup_from_env` of the environment).
-        flatten: one all-reduce per step on a flat buffer of all gradients (default)
-            rather than one per parameter tensor. Numerically the same (an elementwise
-            sum); fewer, larger messages pay the per-message latency once per step
-            instead of once per tensor (benchmarks/README.md, ``bench_distributed.py``).
-
-    Returns the hook's handle (``.remove()`` detaches it), or None when single-process
-    (nothing is registered). ``handle.stats`` counts the calls and the seconds spent.
-    """
-    ctx = ctx if ctx is not None else setup_from_env()
-    if not ctx.distributed:
-        return None
-    params = _grad_params(optimizer)
-    world = ctx.world_size
-    stats = _HookStats()
-
-    def hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        t0 = time.perf_counter()
-        _average_grads(params, world, flatten)
-        stats.calls += 1
-        stats.seconds += time.perf_counter() - t0
-
-    handle = optimizer.register_step_pre_hook(hook)
-    handle.stats = stats  # type: ignore[attr-defined]
-    return handle
 
 
 # ------------------------------------------------------------------ what is supported

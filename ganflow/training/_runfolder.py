@@ -1,7 +1,7 @@
 r"""Safety of a run folder: one writer at a time, no paths out of the folder,
 the newest checkpoint that loads, and write errors that end a run cleanly.
 
-The trainer (:mod:`ganflow.trainer`) calls these from small hooks:
+The training layer (:mod:`ganflow.training`) calls these from small hooks:
 
 * :func:`run_lock` -- an exclusive lock ``<run>/.lock`` (``fcntl.flock``, holding
   ``pid host``) for every writer (``train``, ``train --resume``). A second writer gets a
@@ -22,38 +22,26 @@ The trainer (:mod:`ganflow.trainer`) calls these from small hooks:
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import socket
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._errors import GanflowError
+from .._errors import GanflowError
+from ._lock import LOCK_NAME, FolderLock, note
+from ._lock import NOFOLLOW as NOFOLLOW
 
-LOCK_NAME = ".lock"
 # the folders and files a run writes; none may be a symlink
 RUN_SUBDIRS = ("checkpoints", "snapshots", "samples")
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.md", "distil.json")
 _WEIGHTS = re.compile(r"state-(\d{8,})\.safetensors")
 _STATE = re.compile(r"state-(\d{8,})\.json")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class NoCheckpointError(GanflowError):
     """A run folder without any checkpoint (its run was killed before the first one)."""
-
-
-def note(msg: str) -> None:
-    """One line on stderr: what ganflow did about a fault."""
-    _warn(msg)
-
-
-def _warn(msg: str) -> None:
-    print(f"ganflow: {msg}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ the folder
@@ -105,113 +93,6 @@ def has_content(run_dir: str | Path) -> bool:
                for p in Path(run_dir).iterdir())
 
 
-# ------------------------------------------------------------------ the lock
-def _read_holder(path: Path) -> tuple[int | None, str]:
-    try:
-        pid, _, host = path.read_text().strip().partition(" ")
-        return int(pid), host
-    except (OSError, ValueError):
-        return None, ""
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume it runs
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class _Lock:
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir, self.path, self.fd = run_dir, run_dir / LOCK_NAME, -1
-
-    def _busy(self, pid: int | None, host: str) -> GanflowError:
-        who = f"pid {pid}" if pid is not None else "another process"
-        where = f" on {host}" if host and host != socket.gethostname() else ""
-        return GanflowError(
-            f"run folder {str(self.run_dir)!r} is in use by {who}{where} (lock "
-            f"{str(self.path)!r}): one writer at a time; wait for it, or stop it first")
-
-    def acquire(self) -> None:
-        me = f"{os.getpid()} {socket.gethostname()}\n"
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock
-            self._acquire_by_pid(me)
-            return
-        for _ in range(10):  # a holder may unlink the file between our open and lock
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
-            except OSError as exc:
-                raise GanflowError(f"cannot lock run folder {str(self.run_dir)!r}: "
-                                   f"{exc.strerror} ({str(self.path)!r})") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise self._busy(*_read_holder(self.path)) from None
-            except OSError as exc:  # no flock here (some network file systems)
-                os.close(fd)
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                self._acquire_by_pid(me)
-                return
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # unlinked by its last holder after our open: retry on the new one
-                os.close(fd)
-                continue
-            self._take_over(fd, me)
-            return
-        raise GanflowError(f"cannot lock run folder {str(self.run_dir)!r}: the lock keeps "
-                           "changing hands")
-
-    def _take_over(self, fd: int, me: str) -> None:
-        pid, host = _read_holder(self.path)
-        if pid is not None and pid != os.getpid():
-            # we hold the flock, so its writer is gone (a killed or crashed process)
-            _warn(f"taking over the stale lock of pid {pid}"
-                  f"{' on ' + host if host else ''} in {str(self.run_dir)!r} (it is not "
-                  "running; a killed run: its last checkpoint stands)")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
-        self.fd = fd
-
-    def _acquire_by_pid(self, me: str) -> None:
-        """Without flock: O_EXCL creation; a lock of a dead pid on this host is stale."""
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
-            except FileExistsError:
-                pid, host = _read_holder(self.path)
-                if pid is not None and host == socket.gethostname() and not _pid_alive(pid):
-                    _warn(f"taking over the stale lock of pid {pid} in {str(self.run_dir)!r}")
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise self._busy(pid, host) from None
-            os.write(fd, me.encode())
-            self.fd = fd
-            return
-        raise self._busy(*_read_holder(self.path))
-
-    def release(self) -> None:
-        if self.fd < 0:
-            return
-        # unlink while still holding it (a waiter re-checks the inode), then let go
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = -1
-
-
 @contextmanager
 def run_lock(run_dir: str | Path, ctx=None, *, fresh: bool = False) -> Iterator[None]:
     """Hold the writer's lock of ``run_dir`` (rank 0 takes it; every rank learns the
@@ -226,7 +107,7 @@ def run_lock(run_dir: str | Path, ctx=None, *, fresh: bool = False) -> Iterator[
             if fresh:
                 run_dir.mkdir(parents=True, exist_ok=True)
             check_run_folder(run_dir)
-            lock = _Lock(run_dir)
+            lock = FolderLock(run_dir)
             lock.acquire()
             if fresh and has_content(run_dir):
                 lock.release()
@@ -370,9 +251,9 @@ def load_newest_checkpoint(run_dir: str | Path,
                               f"{_why(exc)}")
                 continue
             for f in failed:
-                _warn(f"checkpoint {f}: skipped")
+                note(f"checkpoint {f}: skipped")
             if failed:
-                _warn(f"using checkpoints/{state['weights']} (iteration "
+                note(f"using checkpoints/{state['weights']} (iteration "
                       f"{state['iteration']}) instead")
             return state
     if not failed:
@@ -394,7 +275,7 @@ def rewrite_metrics(path: Path, iteration: int) -> None:
     """Keep the rows of ``metrics.jsonl`` up to the checkpoint's ``iteration`` (rows after
     it, from a crash, and a torn last line are dropped): the file then reads as if the
     run had never stopped."""
-    from ._io import read_jsonl, write_bytes_atomic
+    from .._io import read_jsonl, write_bytes_atomic
 
     if iteration <= 0:
         # a start over (or a stop at 0): run() evaluates iteration 0 again, as a new run
@@ -402,7 +283,7 @@ def rewrite_metrics(path: Path, iteration: int) -> None:
         return
     rows, torn = read_jsonl(path) if path.exists() else ([], False)
     if torn:
-        _warn(f"dropping the torn last line of {str(path)!r} (an interrupted append)")
+        note(f"dropping the torn last line of {str(path)!r} (an interrupted append)")
     keep = [r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] <= iteration]
     write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
@@ -421,7 +302,7 @@ def absolute_data_spec(spec: str) -> str:
     benchmarks); an absolute path means the same file whatever the working directory,
     with no rule for each reader to know, and a moved data file gives load_data's clear
     "does not exist" error."""
-    from .data import data_names
+    from ..data import data_names
 
     if not isinstance(spec, str) or not spec or spec == "generator" or spec in data_names() \
             or spec.startswith("normal:"):

@@ -1,6 +1,6 @@
 r"""Evaluate a sample set against a data distribution: every metric, with its noise floor.
 
-:func:`evaluate_samples` is what ``ganflow eval`` prints. The protocol is DESIGN.md's:
+:func:`evaluate_samples` is what ``ganflow eval`` prints. The protocol:
 sample-set distances are computed against HELD-OUT reference samples (drawn fresh with
 ``seed + 1``, never the training batches), and each comes with its noise floor, the same
 distance between two independent reference sets of the same sizes: a value near the
@@ -14,7 +14,9 @@ import math
 import numpy as np
 import torch
 
-from ._density import (
+from ..data import Dataset, load_data
+from ._coerce import as_samples
+from .density import (
     KDEDensity,
     divergences_on_grid,
     jsd_monte_carlo,
@@ -22,26 +24,9 @@ from ._density import (
     mmd,
     sliced_wasserstein,
 )
-from ._errors import GanflowError
-from .data import Dataset, load_data
-from .metrics import energy_distance, mode_metrics, w2
+from .samples import energy_distance, mode_metrics, w2
 
 __all__ = ["evaluate_samples"]
-
-
-def _as_samples(samples, dim: int) -> np.ndarray:
-    if isinstance(samples, torch.Tensor):
-        samples = samples.detach().cpu().double().numpy()
-    x = np.asarray(samples, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise GanflowError(f"samples must have shape (n, {dim}) for this data, got {x.shape}")
-    if len(x) < 10:
-        raise GanflowError(f"need at least 10 samples to evaluate, got {len(x)}")
-    if not np.isfinite(x).all():
-        raise GanflowError(
-            f"samples contain {int((~np.isfinite(x)).any(1).sum())} rows with NaN or Inf"
-        )
-    return x
 
 
 def evaluate_samples(
@@ -63,18 +48,18 @@ def evaluate_samples(
     ``sliced_w``, ``kde_loglik`` (held-out reference under the KDE of the samples,
     nats, bandwidth ``kde_bandwidth`` by likelihood cross-validation on the samples
     themselves), each distance with a ``*_floor``. For a mixture target also ``modes``,
-    ``hq``, ``mode_kl`` (DESIGN.md) and ``jsd`` / ``l1`` between the samples' KDE and the
+    ``hq``, ``mode_kl`` and ``jsd`` / ``l1`` between the samples' KDE and the
     exact density: on a grid (``jsd_method = "grid"``, midpoint rule, 2 cells per finest
     std/bandwidth) in 1-D, and in 2-D when that needs at most ``max_grid_cells`` per axis;
     otherwise (and for d > 2) by Monte Carlo, JSD only, with ``jsd_se``. For image data
     (``Dataset.image_shape``; samples are flat images in [-1, 1]) no KDE, but the metrics
-    of :func:`ganflow.features.image_metrics` (``frechet_distance``, ``kernel_distance``,
+    of :func:`ganflow.metrics.features.image_metrics` (``frechet_distance``, ``kernel_distance``,
     ``precision``, ``recall`` with floors, ``class_coverage`` over all the samples,
     ``class_kl``, ``classifier_accuracy``; without labels, random conv features and no
-    class metrics: :func:`ganflow.features.random_feature_net`).
+    class metrics: :func:`ganflow.metrics.classifier.random_feature_net`).
     """
     ds = load_data(data)
-    x = _as_samples(samples, ds.dim)
+    x = as_samples(samples, "samples", dim=ds.dim, min_rows=10)
     n = len(x)
     gen = torch.Generator().manual_seed(int(seed) + 1)
     ref = ds.sample(n, gen).double().numpy()

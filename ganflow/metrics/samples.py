@@ -1,4 +1,4 @@
-r"""Sample-quality metrics of DESIGN.md ("Benchmarks and protocols").
+r"""Sample-quality metrics of the toy benchmarks (protocol: benchmarks/README.md).
 
 * :func:`mode_metrics` - for a Gaussian-mixture target: modes captured, HQ fraction and
   mode-weight KL. A sample is high-quality (HQ) if it lies within 3 std of its nearest
@@ -18,11 +18,13 @@ import math
 import numpy as np
 import torch
 
-from ._errors import GanflowError
-from ._pairwise import pair_sums
-from .targets import GaussianMixture
+from .._errors import GanflowError
+from .._pairwise import pair_sums
+from ..targets import GaussianMixture
+from ._coerce import as_samples
 
-__all__ = ["HQ_STDS", "energy_distance", "mode_metrics", "w2"]
+__all__ = ["HQ_STDS", "QUALITY_BAR", "energy_distance", "first_at_quality_bar", "mode_metrics",
+           "w2"]
 
 HQ_STDS = 3.0
 # Guards ln(p / w) for a component of weight exactly 0 (allowed in a mixture): an HQ
@@ -30,25 +32,14 @@ HQ_STDS = 3.0
 _KL_EPS = 1e-12
 
 
-def _as_numpy(x, what: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2:
-        raise GanflowError(f"{what} must have shape (n, d), got shape {arr.shape}")
-    if len(arr) == 0:
-        raise GanflowError(f"{what} must hold at least one sample, got none")
-    return arr
-
-
 def mode_metrics(samples, mixture: GaussianMixture) -> dict[str, float | int]:
-    r"""Modes captured, HQ fraction in [0, 1] and mode-weight KL (DESIGN.md).
+    r"""Modes captured, HQ fraction in [0, 1] and mode-weight KL.
 
     ``samples`` has shape (n, d). With no HQ sample the histogram is undefined; the KL is
     then reported as max_k ln(1 / w_k), the largest value KL(p || w) can take (all mass
     on the lightest mode), so that "nothing is good" never reads as a perfect score.
     """
-    x = _as_numpy(samples, "samples")
+    x = as_samples(samples, "samples")
     if x.shape[1] != mixture.dim:
         raise GanflowError(
             f"samples must have dimension {mixture.dim} (the mixture's), got {x.shape[1]}"
@@ -76,8 +67,8 @@ def energy_distance(x, y) -> float:
 
     The within-sample means exclude the zero diagonal (U-statistics), so the estimate is
     unbiased: about 0 for two samples of one law."""
-    a = torch.as_tensor(_as_numpy(x, "x"))
-    b = torch.as_tensor(_as_numpy(y, "y"))
+    a = torch.as_tensor(as_samples(x, "x"))
+    b = torch.as_tensor(as_samples(y, "y"))
     if a.shape[1] != b.shape[1]:
         raise GanflowError(
             f"x and y must have the same dimension, got {a.shape[1]} and {b.shape[1]}"
@@ -97,8 +88,8 @@ def w2(x, y) -> float:
     r"""Exact W2 between the uniform empirical measures on x (n, d) and y (k, d)."""
     import ot
 
-    a = _as_numpy(x, "x")
-    b = _as_numpy(y, "y")
+    a = as_samples(x, "x")
+    b = as_samples(y, "y")
     if a.shape[1] != b.shape[1]:
         raise GanflowError(
             f"x and y must have the same dimension, got {a.shape[1]} and {b.shape[1]}"
@@ -108,3 +99,17 @@ def w2(x, y) -> float:
     wb = np.full(len(b), 1.0 / len(b))
     val = float(ot.emd2(wa, wb, cost, numItermax=10_000_000))
     return math.sqrt(max(val, 0.0))
+
+
+# the quality bar of the toy benchmarks: every mode captured, HQ >= 80 %, mode-weight
+# KL <= 0.05 (the protocol of benchmarks/README.md)
+QUALITY_BAR = {"hq": 0.8, "mode_kl": 0.05}
+
+
+def first_at_quality_bar(rows: list[dict], n_modes: int) -> dict | None:
+    """The first metrics row with all ``n_modes`` modes, HQ and mode KL within
+    :data:`QUALITY_BAR` (None if no row is)."""
+    return next((r for r in rows if r.get("modes") == n_modes
+                 and (r.get("hq") or 0) >= QUALITY_BAR["hq"]
+                 and r.get("mode_kl") is not None and r["mode_kl"] <= QUALITY_BAR["mode_kl"]),
+                None)
