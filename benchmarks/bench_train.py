@@ -75,7 +75,7 @@ METHODS: dict[str, dict] = {
 }
 
 
-def overhead(rounds: int = 7, iters: int = 200, batch: int = 256, width: int = 128,
+def overhead(rounds: int = 7, iters: int = 1000, batch: int = 256, width: int = 128,
              depth: int = 3) -> dict:
     data = load_data("ring8")
     gen = torch.Generator().manual_seed(0)
