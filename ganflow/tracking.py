@@ -169,20 +169,7 @@ def track_run(
     times_of = _flow_times(run_dir)
     snaps = [(it, p) for it, p in snaps if it in times_of]
 
-    G = run.G
-    samples = []
-    for _, path in snaps:
-        if path.name.startswith("P-"):
-            # the snapshot's particles are exchangeable: its first n are a uniform subsample
-            x = load_file(str(path))["particles"][: int(n)].double()
-        else:
-            G.load_state_dict(load_file(str(path)))
-            z = run.sample_latent(int(n), torch.Generator().manual_seed(seed))
-            with torch.no_grad():
-                x = G(z).double().cpu()
-        if not torch.isfinite(x).all():
-            raise GanflowError(f"snapshot {path.name} holds or produces NaN/Inf samples")
-        samples.append(x)
+    samples = _snapshot_samples(run, snaps, int(n), seed)
     n = min(len(x) for x in samples)
 
     bws = [cv_bandwidth(x) for x in samples]
@@ -210,32 +197,55 @@ def track_run(
         cells=grid.cells, t_end=t_end, dt=min(dt, t_end), dt_max=max(dt, spacing / 4),
         save_at=[t for t in times if t > 0], progress=progress,
     )
-    vol = grid.cell_volume
-    rho = pde.rho_d
-    l1_gap, jsd_gap, l1_floor, gen_jsd, pde_jsd, floor_jsd = [], [], [], [], [], []
+    gaps = _gaps(pde, grid, times, samples, bws, int(n), seed)
+    return TrackingResult(
+        run_dir=run_dir, divergence=cfg["divergence"], iterations=np.array([s[0] for s in snaps]),
+        times=times, **gaps, bandwidths=np.array(bws),
+        n_samples=int(n), pde=pde, samples=[x.numpy() for x in samples],
+        start="init law" if start is not None else "KDE of the iteration-0 samples",
+    )
+
+
+def _snapshot_samples(run, snaps: list[tuple[int, Path]], n: int, seed: int) -> list:
+    """n samples (float64) of each snapshot: the generator saved there, or its particles."""
+    samples = []
+    for _, path in snaps:
+        if path.name.startswith("P-"):
+            # the snapshot's particles are exchangeable: its first n are a uniform subsample
+            x = load_file(str(path))["particles"][:n].double()
+        else:
+            run.G.load_state_dict(load_file(str(path)))
+            z = run.sample_latent(n, torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                x = run.G(z).double().cpu()
+        if not torch.isfinite(x).all():
+            raise GanflowError(f"snapshot {path.name} holds or produces NaN/Inf samples")
+        samples.append(x)
+    return samples
+
+
+def _gaps(pde, grid: Grid, times, samples, bws, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Per snapshot time: the L1 and JSD gaps of the samples' KDE to u(t), the L1 noise
+    floor (n exact samples of u(t)), and the JSDs to rho_d of the KDE, of u(t) and of
+    the floor's reference."""
+    vol, rho = grid.cell_volume, pde.rho_d
+    out: dict[str, list] = {k: [] for k in ("l1_gap", "jsd_gap", "l1_floor", "gen_jsd",
+                                            "pde_jsd", "floor_jsd")}
     gen = torch.Generator().manual_seed(seed + 7)
     for t, x, b in zip(times, samples, bws, strict=True):
         g = particles_on_grid(x, grid, b)
         u = pde.u(float(t))
-        l1_gap.append(l1_on_grid(g, u, vol))
-        jsd_gap.append(jsd_on_grid(g, u, vol))
+        out["l1_gap"].append(l1_on_grid(g, u, vol))
+        out["jsd_gap"].append(jsd_on_grid(g, u, vol))
         # the floor smooths u(t)'s own samples with their own cross-validated bandwidth:
         # the generator's b_t is tuned to the generator, which may look nothing like u(t)
-        y = _sample_grid_density(u, grid, int(n), gen)
+        y = _sample_grid_density(u, grid, n, gen)
         ref = particles_on_grid(y, grid, cv_bandwidth(y))
-        l1_floor.append(l1_on_grid(ref, u, vol))
-        floor_jsd.append(jsd_on_grid(ref, rho, vol))
-        gen_jsd.append(jsd_on_grid(g, rho, vol))
-        pde_jsd.append(jsd_on_grid(u, rho, vol))
-    return TrackingResult(
-        run_dir=run_dir, divergence=cfg["divergence"], iterations=np.array([s[0] for s in snaps]),
-        times=times, l1_gap=np.array(l1_gap), jsd_gap=np.array(jsd_gap),
-        l1_floor=np.array(l1_floor),
-        gen_jsd=np.array(gen_jsd), pde_jsd=np.array(pde_jsd), floor_jsd=np.array(floor_jsd),
-        bandwidths=np.array(bws),
-        n_samples=int(n), pde=pde, samples=[x.numpy() for x in samples],
-        start="init law" if start is not None else "KDE of the iteration-0 samples",
-    )
+        out["l1_floor"].append(l1_on_grid(ref, u, vol))
+        out["floor_jsd"].append(jsd_on_grid(ref, rho, vol))
+        out["gen_jsd"].append(jsd_on_grid(g, rho, vol))
+        out["pde_jsd"].append(jsd_on_grid(u, rho, vol))
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def _init_mixture(spec: str, dim: int) -> GaussianMixture | None:
