@@ -16,6 +16,13 @@ X_t(G_0(z_i)), so G is regressed on the flow map G_t = X_t o G_0 itself, point b
 G's error never feeds back into the x_i, so it does not compound: it is the fit's error at
 time t alone. Flow time advances by eps per iteration (or the controlled step of the
 faithful mode, which applies to the particles' move).
+
+With ``repair_every`` > 0 (the trainer's default for flow-map: 100) the pairs are re-paired
+by minibatch optimal transport every so many iterations (:func:`repair_pairs`). The set of
+the x_i is kept, so the flow's state is unchanged, and G's error still never enters it; but
+G is then regressed on a transport of the latent law onto the particles close to its own
+map, not on X_t o G_0, which on sharp modes sends neighbouring latents to different modes
+(a map a continuous G cannot fit: on ring8 its samples fell between the modes).
 """
 
 from __future__ import annotations
@@ -27,9 +34,14 @@ import torch
 from torch import nn
 
 from .algorithm import StepConfig, StepInfo
+from .fitting import assignment_permutation
 from .particle_flow import particle_step
 
-__all__ = ["fit_pairs", "flow_map_step", "initial_pairs"]
+__all__ = ["REPAIR_BLOCK", "fit_pairs", "flow_map_step", "initial_pairs", "repair_pairs"]
+
+# pairs per block of repair_pairs: an assignment costs O(block^3), and larger blocks did no
+# better on ring8 (benchmarks/README.md, "flow-map")
+REPAIR_BLOCK = 512
 
 
 @torch.no_grad()
@@ -81,6 +93,9 @@ def flow_map_step(
     cfg: StepConfig,
     *,
     chunk: int = 8192,
+    repair_every: int = 0,
+    iteration: int = 0,
+    seed: int = 0,
 ) -> StepInfo:
     r"""One iteration of the flow-map method (module docstring): calibrate, move, fit.
 
@@ -94,11 +109,19 @@ def flow_map_step(
         cfg: ``batch_size`` m, ``d_steps``, ``fit_steps`` K, ``eps``, ``divergence``, the
             faithful mode's step control and ``d_penalty``; ``pairing`` is unused (the
             pairs are the pairing).
+        repair_every: if > 0, every ``repair_every``-th iteration (``iteration`` + 1 a
+            multiple of it) re-pairs the latents with the moved particles before the fit
+            (:func:`repair_pairs`), the blocks drawn from ``seed`` and ``iteration`` alone,
+            so that a resumed run re-pairs as one that never stopped.
+        iteration: the number of iterations done before this one.
     Returns a :class:`StepInfo`: ``g_loss`` the mean fit loss, ``fit_ratio`` the RMS
     residual of the fit over the RMS move of this step (how many steps G lags behind its
     particles); ``drift_max`` NaN if some move was not finite (the caller must stop).
     """
     info = particle_step(D, opt_d, particles, sample_data, pick, cfg, chunk=chunk)
+    if repair_every > 0 and (iteration + 1) % repair_every == 0:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+        repair_pairs(G, latents, particles, gen, chunk=chunk)
     g_loss = fit_pairs(G, opt_g, latents, particles, pick, batch_size=cfg.batch_size,
                        steps=cfg.fit_steps)
     move = info.flow_time * info.drift_rms
@@ -106,3 +129,37 @@ def flow_map_step(
     info.fit_steps = cfg.fit_steps
     info.fit_ratio = math.sqrt(g_loss) / move if move > 0 else float("nan")
     return info
+
+
+@torch.no_grad()
+def repair_pairs(
+    G: nn.Module,
+    latents: torch.Tensor,
+    particles: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    block: int = REPAIR_BLOCK,
+    chunk: int = 8192,
+) -> tuple[float, float]:
+    r"""Re-pair the z_i with the x_i by minibatch optimal transport; permutes ``particles``
+    IN PLACE and returns the RMS residual |G(z_i) - x_i| before and after.
+
+    The pairs are split into random blocks of ``block`` (the split drawn by ``generator``,
+    a CPU generator); within each block the x_i are permuted by the assignment that
+    minimises sum_i |G(z_i) - x_sigma(i)|^2 (Hungarian algorithm,
+    :func:`ganflow.fitting.assignment_permutation`). The set of the x_i, so the particle
+    law and the flow's state, is unchanged; only the map that G must learn changes: from
+    the flow map X_t o G_0, which sends neighbouring latents to different modes once the
+    modes are sharp, to the pairing closest to G's current outputs inside each block
+    (cyclically monotone with respect to them), which a continuous G can fit.
+    """
+    n = latents.shape[0]
+    gz = torch.cat([G(latents[s:s + chunk]) for s in range(0, n, chunk)])
+    before = float((gz - particles).pow(2).sum(-1).mean().sqrt())
+    order = torch.randperm(n, generator=generator).to(latents.device)
+    for s in range(0, n, block):
+        idx = order[s:s + block]
+        if idx.numel() > 1:
+            particles[idx] = particles[idx][assignment_permutation(gz[idx], particles[idx])]
+    after = float((gz - particles).pow(2).sum(-1).mean().sqrt())
+    return before, after

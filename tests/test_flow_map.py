@@ -17,7 +17,7 @@ import torch
 from ganflow import GanflowError
 from ganflow.algorithm import StepConfig
 from ganflow.data import load_data
-from ganflow.flow_map import flow_map_step, initial_pairs
+from ganflow.flow_map import flow_map_step, initial_pairs, repair_pairs
 from ganflow.generator_init import fit_generator_to_law
 from ganflow.networks import make_generator
 from ganflow.training import TrainConfig, read_metrics, resume, sample_run, train
@@ -154,7 +154,8 @@ def test_flow_map_run_with_a_learned_discriminator(tmp_path):
 def test_flow_map_resume_gives_the_same_metrics(tmp_path):
     cfg = TrainConfig(data="ring8", method="flow-map", width=16, depth=2, batch_size=32,
                       iterations=30, eval_every=10, eval_samples=200, w2_samples=100,
-                      particles=300, d_steps=2, fit_steps=2, init="normal:0,0:1")
+                      particles=300, d_steps=2, fit_steps=2, init="normal:0,0:1",
+                      repair_every=7)  # re-pairs at 7 and 14, on both sides of the stop
     train(cfg, out=tmp_path / "full", progress=False)
     part = train(cfg, out=tmp_path / "part", progress=False, stop_at=10)
     assert part.iteration == 10
@@ -167,9 +168,32 @@ def test_flow_map_resume_gives_the_same_metrics(tmp_path):
                                rtol=0, atol=0)
 
 
+def test_repair_pairs_keeps_the_particles_and_undoes_a_scramble():
+    torch.manual_seed(0)
+    G = make_generator(2, 2, width=16, depth=2)
+    z = torch.randn(600, 2)
+    with torch.no_grad():
+        target = G(z)
+    x = target[torch.randperm(600, generator=torch.Generator().manual_seed(1))].clone()
+    before_set = x.clone()
+    # blocks of 256: each re-paired block has a residual no larger than before
+    b, a = repair_pairs(G, z, x, torch.Generator().manual_seed(2), block=256)
+    assert a < b
+    # the particles are only permuted: the same set, the law untouched
+    assert torch.equal(x[x[:, 0].argsort()], before_set[before_set[:, 0].argsort()])
+    # one block of all pairs: the exact assignment is the identity, residual 0
+    _, a_all = repair_pairs(G, z, x, torch.Generator().manual_seed(3), block=600)
+    assert a_all < 1e-6
+    torch.testing.assert_close(x, target, rtol=0, atol=0)
+
+
 def test_flow_map_refusals(tmp_path):
     with pytest.raises(GanflowError, match="chi2"):
         TrainConfig(method="flow-map", divergence="chi2")
+    with pytest.raises(GanflowError, match="repair-every"):
+        TrainConfig(method="flow", repair_every=100)
+    with pytest.raises(GanflowError, match="repair-every"):
+        TrainConfig(method="flow-map", repair_every=-1)
     with pytest.raises(GanflowError, match="init"):
         train(TrainConfig(data="ring8", method="flow-map", init="normal:0:1", iterations=2),
               out=tmp_path / "x", progress=False)

@@ -126,6 +126,12 @@ class TrainConfig:
                      "to it before iteration 0 (default: the untrained generator's law).")
     particles: int = _opt(10000, "particles / flow-map: how many particles / "
                           "latent-particle pairs (N).")
+    # the flow map X_t o G_0 sends neighbouring latents to different modes once the modes
+    # are sharp, which a continuous G cannot fit; re-pairing keeps the particles' law
+    repair_every: int | None = _opt(None, "flow-map: re-pair latents and particles by "
+                                    "minibatch optimal transport every this many "
+                                    "iterations (0: never, G then regresses on the flow "
+                                    "map itself); default 100.")
     particle_init: str = _opt("", "particles: start law: 'generator' (the untrained "
                               "generator's law), or any --data spec of the data's dimension "
                               "(default N(0, I), or the --init law).")
@@ -161,8 +167,9 @@ class TrainConfig:
         for name, low in (("eval_samples", 2), ("w2_samples", 2), ("depth", 0),
                           ("lr_decay_iters", 0)):
             _check_int(self, name, low)
-        if self.d_warmup is not None:
-            _check_int(self, "d_warmup", 0)
+        for name in ("d_warmup", "repair_every"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, 0)
         if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise GanflowError("--log tensorboard needs the tensorboard package: pip install "
                                "'ganflow[tensorboard]' (or use --log jsonl)")

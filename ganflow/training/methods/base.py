@@ -56,7 +56,8 @@ class Method:
     """Base class: a generator method (samples are G(z); nothing beyond the networks)."""
 
     # option defaults of this method for the config's None fields (TrainConfig.resolved)
-    defaults: ClassVar[dict[str, Any]] = {"d_steps": 1, "fit_steps": 1, "d_warmup": 0}
+    defaults: ClassVar[dict[str, Any]] = {"d_steps": 1, "fit_steps": 1, "d_warmup": 0,
+                                          "repair_every": 0}
     # StepInfo fields that must be finite after a step (else the run stops, diverged)
     finite: ClassVar[tuple[str, ...]] = ("d_loss", "g_loss")
     # StepInfo fields averaged into the metrics rows
@@ -79,6 +80,9 @@ class Method:
         if cfg.distil:
             raise GanflowError(f"--distil fits a generator to particles: it needs --method "
                                f"particles, not {cfg.method!r}")
+        if cfg.repair_every:
+            raise GanflowError(f"--repair-every re-pairs flow-map's latent-particle pairs: it "
+                               f"needs --method flow-map, not {cfg.method!r}")
 
     # ------------------------------------------------------------ a new run
     def start(self) -> None:

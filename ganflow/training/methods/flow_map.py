@@ -3,9 +3,11 @@ that its law follows the flow (docs/theory.md section 8; the step is
 :func:`ganflow.flow_map.flow_map_step`).
 
 The pairs (z_i, x_i), x_i(0) = G_0(z_i), are part of every checkpoint; the samples are
-G's. Each evaluation also reports the pairs' own particles (``particles_modes``,
-``particles_hq``, ``particles_mode_kl`` on a fixed subsample) and ``pair_rms``, the RMS
-|G(z_i) - x_i|: how far the generator is from the flow's state.
+G's. Every ``repair_every`` iterations the pairs are re-paired by minibatch optimal
+transport (:func:`ganflow.flow_map.repair_pairs`): the particles' law is kept, and G
+regresses on a map it can fit. Each evaluation also reports the pairs' own particles
+(``particles_modes``, ``particles_hq``, ``particles_mode_kl`` on a fixed subsample) and
+``pair_rms``, the RMS |G(z_i) - x_i|: how far the generator is from the flow's state.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class FlowMapMethod(Method):
 
     # its generator stays on the flow only if D is calibrated and the fit accurate at
     # every step, and the drift at t = 0 needs a calibrated D as much as any later one
-    defaults = {"d_steps": 20, "fit_steps": 10, "d_warmup": 500}
+    defaults = {"d_steps": 20, "fit_steps": 10, "d_warmup": 500, "repair_every": 100}
     finite = ("d_loss", "g_loss", "drift_max")
     distributed = False
 
@@ -37,7 +39,9 @@ class FlowMapMethod(Method):
 
     @classmethod
     def check(cls, cfg) -> None:
-        super().check(cfg)
+        if cfg.distil:
+            raise GanflowError("--distil fits a generator to particles: it needs --method "
+                               "particles, not 'flow-map'")
         if cfg.particles < 2:
             raise GanflowError(f"--particles must be at least 2, got {cfg.particles!r}")
         if cfg.divergence == "chi2":
@@ -62,7 +66,9 @@ class FlowMapMethod(Method):
     def step(self) -> StepInfo:
         s = self.s
         return flow_map_step(s.G, s.D, s.opt_g, s.opt_d, self.latents, self.particles,
-                             s.sample_data, self.pick, s.step_cfg)
+                             s.sample_data, self.pick, s.step_cfg,
+                             repair_every=s.cfg.repair_every, iteration=s.iteration,
+                             seed=s.cfg.seed)
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:

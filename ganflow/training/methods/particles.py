@@ -51,6 +51,9 @@ class ParticleMethod(Method):
 
     @classmethod
     def check(cls, cfg) -> None:
+        if cfg.repair_every:
+            raise GanflowError(f"--repair-every re-pairs flow-map's latent-particle pairs: it "
+                               f"needs --method flow-map, not {cfg.method!r}")
         if cfg.particles < 2:
             raise GanflowError(f"--particles must be at least 2, got {cfg.particles!r}")
 
