@@ -71,7 +71,13 @@ METHODS: dict[str, dict] = {
     # a generator regressed on persistent latent-particle pairs, the particles moved as in
     # "particles annealed" (one D step per iteration, no warm-up), 10 fit steps
     "flow-map annealed": {"method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10,
-                          "eps_decay": 0.01},
+                          "eps_decay": 0.01, "repair_every": 0, "fit_loss": "mse"},
+    # the same with flow-map's defaults for the fit: the pairs re-paired by minibatch OT
+    # every 100 iterations and G regressed by the L1 loss; with and without R1 on D
+    **{f"flow-map repair l1{tag}": {"method": "flow-map", "d_steps": 1, "d_warmup": 0,
+                                    "fit_steps": 10, "eps_decay": 0.01, "repair_every": 100,
+                                    "fit_loss": "l1", **extra}
+       for tag, extra in (("", {}), (" R1", {"d_penalty": 0.1}))},
 }
 
 

@@ -8,8 +8,8 @@ N pairs (z_i, x_i) with x_i(0) = G_0(z_i), and one iteration is
 1. calibrate D on fresh data against a random batch of the x_i (eq. 21);
 2. move every x_i by eps * m(e^{-f(x_i)}) grad f(x_i): one Euler step of ODE (2), the
    drift of eq. (20) / section 7 estimated by D (:func:`ganflow.particle_flow.particle_step`);
-3. K descent steps of G on (1/m) sum_i |G(z_i) - x_i|^2, each on a fresh random batch of
-   m pairs (:func:`fit_pairs`).
+3. K descent steps of G on (1/m) sum_i |G(z_i) - x_i|^2 (or, ``fit_loss`` "l1", on
+   (1/m) sum_i |G(z_i) - x_i|), each on a fresh random batch of m pairs (:func:`fit_pairs`).
 
 The x_i are the particle solution of ODE (2) started from G_0's law; x_i(t) =
 X_t(G_0(z_i)), so G is regressed on the flow map G_t = X_t o G_0 itself, point by point.
@@ -22,7 +22,9 @@ by minibatch optimal transport every so many iterations (:func:`repair_pairs`). 
 the x_i is kept, so the flow's state is unchanged, and G's error still never enters it; but
 G is then regressed on a transport of the latent law onto the particles close to its own
 map, not on X_t o G_0, which on sharp modes sends neighbouring latents to different modes
-(a map a continuous G cannot fit: on ring8 its samples fell between the modes).
+(a map a continuous G cannot fit: on ring8 its samples fell between the modes). Where a
+block still pairs neighbouring latents with two modes, the "l1" fit (the trainer's default
+for flow-map) puts G at one of them, where the "mse" fit puts it at their mean, between.
 """
 
 from __future__ import annotations
@@ -37,7 +39,17 @@ from .algorithm import StepConfig, StepInfo
 from .fitting import assignment_permutation
 from .particle_flow import particle_step
 
-__all__ = ["REPAIR_BLOCK", "fit_pairs", "flow_map_step", "initial_pairs", "repair_pairs"]
+__all__ = ["FIT_LOSSES", "REPAIR_BLOCK", "fit_pairs", "flow_map_step", "initial_pairs",
+           "repair_pairs"]
+
+# the losses of fit_pairs, as functions of the squared residuals |G(z_i) - x_i|^2 (m,):
+# "mse" regresses G on the conditional MEAN of its targets, "l1" (the Euclidean norm, not
+# squared) on their geometric MEDIAN: where neighbouring latents are paired with particles
+# of two modes, the mean lies between the modes and the median at one of them
+FIT_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mse": lambda sq: sq.mean(),
+    "l1": lambda sq: sq.add(1e-12).sqrt().mean(),  # + 1e-12: finite gradient at 0
+}
 
 # pairs per block of repair_pairs: an assignment costs O(block^3), and larger blocks did no
 # better on ring8 (benchmarks/README.md, "flow-map")
@@ -65,18 +77,22 @@ def fit_pairs(
     *,
     batch_size: int,
     steps: int,
+    loss: str = "mse",
 ) -> float:
-    r"""``steps`` descent steps of G on (1/m) sum |G(z_i) - x_i|^2, a fresh random batch of
-    m = ``batch_size`` pairs each (``pick(m)`` gives their indices); returns the mean loss
-    over the steps (each taken before its update), NaN if one was not finite."""
+    r"""``steps`` descent steps of G on a fresh random batch of m = ``batch_size`` pairs
+    each (``pick(m)`` gives their indices), on the :data:`FIT_LOSSES` ``loss`` of the
+    residuals G(z_i) - x_i. Returns the mean squared residual (1/m) sum |G(z_i) - x_i|^2
+    over the steps whatever the loss (each taken before its update), NaN if one was not
+    finite."""
+    fit = FIT_LOSSES[loss]
     total = 0.0
     for _ in range(steps):
         idx = pick(batch_size)
         opt_g.zero_grad(set_to_none=True)
-        loss = (G(latents[idx]) - particles[idx]).pow(2).sum(-1).mean()
-        loss.backward()
+        sq = (G(latents[idx]) - particles[idx]).pow(2).sum(-1)
+        fit(sq).backward()
         opt_g.step()
-        total += float(loss.detach())
+        total += float(sq.detach().mean())
     mean = total / steps
     return mean if math.isfinite(mean) else float("nan")
 
@@ -96,6 +112,7 @@ def flow_map_step(
     repair_every: int = 0,
     iteration: int = 0,
     seed: int = 0,
+    fit_loss: str = "mse",
 ) -> StepInfo:
     r"""One iteration of the flow-map method (module docstring): calibrate, move, fit.
 
@@ -114,6 +131,7 @@ def flow_map_step(
             (:func:`repair_pairs`), the blocks drawn from ``seed`` and ``iteration`` alone,
             so that a resumed run re-pairs as one that never stopped.
         iteration: the number of iterations done before this one.
+        fit_loss: the loss of :func:`fit_pairs` (:data:`FIT_LOSSES`).
     Returns a :class:`StepInfo`: ``g_loss`` the mean fit loss, ``fit_ratio`` the RMS
     residual of the fit over the RMS move of this step (how many steps G lags behind its
     particles); ``drift_max`` NaN if some move was not finite (the caller must stop).
@@ -123,7 +141,7 @@ def flow_map_step(
         gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
         repair_pairs(G, latents, particles, gen, chunk=chunk)
     g_loss = fit_pairs(G, opt_g, latents, particles, pick, batch_size=cfg.batch_size,
-                       steps=cfg.fit_steps)
+                       steps=cfg.fit_steps, loss=fit_loss)
     move = info.flow_time * info.drift_rms
     info.g_loss = g_loss
     info.fit_steps = cfg.fit_steps

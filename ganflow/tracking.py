@@ -149,10 +149,9 @@ def track_run(
     from .training import load_run
 
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text()) if (
-        run_dir / "config.json").exists() else None
-    if cfg is None:
+    if not (run_dir / "config.json").exists():
         raise GanflowError(f"{str(run_dir)!r} is not a run folder: no config.json in it")
+    cfg = json.loads((run_dir / "config.json").read_text())
     run = load_run(run_dir)
     mixture = run.data.mixture
     if mixture is None or mixture.dim > 2:

@@ -132,6 +132,9 @@ class TrainConfig:
                                     "minibatch optimal transport every this many "
                                     "iterations (0: never, G then regresses on the flow "
                                     "map itself); default 100.")
+    fit_loss: str | None = _opt(None, "flow-map: the regression of G on the pairs: l1 "
+                                "(|G(z) - x|, a median: G lands on a mode) or mse "
+                                "(|G(z) - x|^2, a mean); default l1.")
     particle_init: str = _opt("", "particles: start law: 'generator' (the untrained "
                               "generator's law), or any --data spec of the data's dimension "
                               "(default N(0, I), or the --init law).")

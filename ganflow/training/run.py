@@ -126,7 +126,9 @@ def _open(run_dir: str | Path, ctx: DistContext | None = None, *, resuming: bool
     except (OSError, json.JSONDecodeError) as exc:
         raise GanflowError(f"{str(run_dir)!r} is not a ganflow run folder: {exc}") from exc
     if obj.get("method") == "flow-map":
-        obj.setdefault("repair_every", 0)  # written before the option: it never re-paired
+        # written before these options: it never re-paired, and fitted by the MSE
+        obj.setdefault("repair_every", 0)
+        obj.setdefault("fit_loss", "mse")
     cfg = TrainConfig.from_dict({**obj, **{k: v for k, v in overrides.items() if v is not None}})
     s = Session(cfg, run_dir, load_data(cfg.data), ctx)
     try:

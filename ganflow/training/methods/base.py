@@ -52,12 +52,22 @@ def get_method(name: str) -> type[Method]:
                            f"{method_names()}") from None
 
 
+def _refuse_flow_map_options(cfg) -> None:
+    """--repair-every and --fit-loss act on flow-map's pairs alone."""
+    if cfg.repair_every:
+        raise GanflowError(f"--repair-every re-pairs flow-map's latent-particle pairs: it "
+                           f"needs --method flow-map, not {cfg.method!r}")
+    if cfg.fit_loss not in (None, "mse"):
+        raise GanflowError(f"--fit-loss {cfg.fit_loss} is flow-map's regression on its pairs: "
+                           f"it needs --method flow-map, not {cfg.method!r}")
+
+
 class Method:
     """Base class: a generator method (samples are G(z); nothing beyond the networks)."""
 
     # option defaults of this method for the config's None fields (TrainConfig.resolved)
     defaults: ClassVar[dict[str, Any]] = {"d_steps": 1, "fit_steps": 1, "d_warmup": 0,
-                                          "repair_every": 0}
+                                          "repair_every": 0, "fit_loss": "mse"}
     # StepInfo fields that must be finite after a step (else the run stops, diverged)
     finite: ClassVar[tuple[str, ...]] = ("d_loss", "g_loss")
     # StepInfo fields averaged into the metrics rows
@@ -80,9 +90,7 @@ class Method:
         if cfg.distil:
             raise GanflowError(f"--distil fits a generator to particles: it needs --method "
                                f"particles, not {cfg.method!r}")
-        if cfg.repair_every:
-            raise GanflowError(f"--repair-every re-pairs flow-map's latent-particle pairs: it "
-                               f"needs --method flow-map, not {cfg.method!r}")
+        _refuse_flow_map_options(cfg)
 
     # ------------------------------------------------------------ a new run
     def start(self) -> None:

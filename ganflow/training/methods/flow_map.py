@@ -16,7 +16,7 @@ import torch
 
 from ..._errors import GanflowError
 from ...algorithm import StepInfo
-from ...flow_map import flow_map_step, initial_pairs
+from ...flow_map import FIT_LOSSES, flow_map_step, initial_pairs
 from ...metrics import mode_metrics
 from .base import Method, register_method
 from .particles import particle_subset
@@ -28,7 +28,8 @@ class FlowMapMethod(Method):
 
     # its generator stays on the flow only if D is calibrated and the fit accurate at
     # every step, and the drift at t = 0 needs a calibrated D as much as any later one
-    defaults = {"d_steps": 20, "fit_steps": 10, "d_warmup": 500, "repair_every": 100}
+    defaults = {"d_steps": 20, "fit_steps": 10, "d_warmup": 500, "repair_every": 100,
+                "fit_loss": "l1"}
     finite = ("d_loss", "g_loss", "drift_max")
     distributed = False
 
@@ -42,6 +43,9 @@ class FlowMapMethod(Method):
         if cfg.distil:
             raise GanflowError("--distil fits a generator to particles: it needs --method "
                                "particles, not 'flow-map'")
+        if cfg.fit_loss is not None and cfg.fit_loss not in FIT_LOSSES:
+            raise GanflowError(f"unknown --fit-loss {cfg.fit_loss!r}: expected one of "
+                               f"{list(FIT_LOSSES)}")
         if cfg.particles < 2:
             raise GanflowError(f"--particles must be at least 2, got {cfg.particles!r}")
         if cfg.divergence == "chi2":
@@ -68,7 +72,7 @@ class FlowMapMethod(Method):
         return flow_map_step(s.G, s.D, s.opt_g, s.opt_d, self.latents, self.particles,
                              s.sample_data, self.pick, s.step_cfg,
                              repair_every=s.cfg.repair_every, iteration=s.iteration,
-                             seed=s.cfg.seed)
+                             seed=s.cfg.seed, fit_loss=s.cfg.fit_loss)
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:

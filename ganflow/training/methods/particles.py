@@ -22,7 +22,7 @@ from ..._io import write_json_atomic
 from ...algorithm import StepInfo
 from ...data import load_data
 from ...particle_flow import distil_step, particle_step
-from .base import Method, register_method
+from .base import Method, _refuse_flow_map_options, register_method
 
 # particles kept per snapshot: enough for `ganflow track`'s KDE (n = 5000 by default)
 # without writing N x d floats at every evaluation
@@ -51,9 +51,7 @@ class ParticleMethod(Method):
 
     @classmethod
     def check(cls, cfg) -> None:
-        if cfg.repair_every:
-            raise GanflowError(f"--repair-every re-pairs flow-map's latent-particle pairs: it "
-                               f"needs --method flow-map, not {cfg.method!r}")
+        _refuse_flow_map_options(cfg)
         if cfg.particles < 2:
             raise GanflowError(f"--particles must be at least 2, got {cfg.particles!r}")
 
