@@ -159,7 +159,7 @@ def particles(
     seed: Annotated[int, typer.Option("--seed", help="seed of the initial draw.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
     dtype: Annotated[str, typer.Option(
-        "--dtype", help="float64 (reference) or float32 (2-4x faster KDE sums).")] = "float64",
+        "--dtype", help="float64 (reference) or float32 (faster KDE sums).")] = "float64",
     kde: Annotated[str, typer.Option(
         "--kde", help="KDE drift: binned (grid + FFT, O(N), default in 1-D/2-D) or direct "
         "(all N^2 pairs; the reference, and the only choice above 2-D).")] = "auto",
