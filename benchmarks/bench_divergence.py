@@ -41,9 +41,10 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, environment
-from _interleave import BAR, plot_samples_at_times, quality_row, run_interleaved
+from _interleave import plot_samples_at_times, quality_row, run_interleaved
 
 from ganflow.data import load_data
+from ganflow.metrics import QUALITY_BAR
 from ganflow.training import TrainConfig, read_metrics
 
 # section 6's setting: plain gradient descent, constant step sizes, eps = 1 (the paper)
@@ -85,7 +86,8 @@ def verdict(rows: list[dict], n_modes: int) -> dict:
     peak = max(r["modes"] for r in evals)
 
     def meets(r: dict) -> bool:
-        return r["modes"] == n_modes and r["hq"] >= BAR["hq"] and r["mode_kl"] <= BAR["mode_kl"]
+        return (r["modes"] == n_modes and r["hq"] >= QUALITY_BAR["hq"]
+                and r["mode_kl"] <= QUALITY_BAR["mode_kl"])
 
     if len(evals) >= 2 and all(meets(r) for r in evals[-2:]):
         v = "converged"
