@@ -29,7 +29,11 @@ from _interleave import run_interleaved
 from ganflow.training import TrainConfig, read_metrics
 
 METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
-           "flow K=1 index": {"method": "flow"}}
+           "flow K=1 index": {"method": "flow"},
+           # the KL flow (the JSD drift vanishes where D is sure, as on images early on),
+           # one D step per iteration, 2000 pairs, eps decaying like the learning rates
+           "flow-map": {"method": "flow-map", "divergence": "kl", "d_steps": 1,
+                        "d_warmup": 0, "particles": 2000, "eps_decay": 0.01}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:
@@ -60,8 +64,12 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", nargs="+", default=["gan-ns", "gan", "flow K=1 index"],
+                    choices=list(METHODS))
+    ap.add_argument("--tag", default="", help="suffix of the figure names")
     ap.add_argument("--json", type=Path, default=RESULTS / "bench_images.json")
     args = ap.parse_args()
+    methods = {n: METHODS[n] for n in args.methods}
     torch.set_num_threads(args.threads)
     import matplotlib
 
@@ -76,7 +84,7 @@ def main() -> None:
         for seed in args.seeds:
             cfgs = {n: TrainConfig(data="digits", seed=seed, iterations=args.iterations,
                                    eval_every=args.eval_every, **over)
-                    for n, over in METHODS.items()}
+                    for n, over in methods.items()}
             runs = run_interleaved(cfgs, Path(tmp) / f"s{seed}", args.eval_every)
             block = {n: read_metrics(r["dir"]) for n, r in runs.items()}
             best = min(r["frechet_distance"] for m in block.values() for r in m)
@@ -96,12 +104,12 @@ def main() -> None:
                 grids = {n: sorted((r["dir"] / "samples").glob("grid-*.png"))[-1]
                          for n, r in runs.items()}
                 RESULTS.mkdir(exist_ok=True)
-                _grids_side_by_side(grids, RESULTS / "images-grids.png")
-            print_table(rows[-len(METHODS):], ["seed", "method", "seconds",
+                _grids_side_by_side(grids, RESULTS / f"images-grids{args.tag}.png")
+            print_table(rows[-len(methods):], ["seed", "method", "seconds",
                                                "frechet_distance", "fd_floor", "best_fd",
                                                "classes", "class_kl", "s_to_2x_best_fd"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for i, name in enumerate(METHODS):
+    for i, name in enumerate(methods):
         for seed in args.seeds:
             c = curves[(seed, name)]
             kw = {"color": f"C{i}", "alpha": 0.8, "label": name if seed == args.seeds[0]
@@ -115,7 +123,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, RESULTS / "images-fd.png")
+    save_figure(fig, RESULTS / f"images-fd{args.tag}.png")
     args.json.write_text(json.dumps({"env": environment(), "args": {
         k: str(v) for k, v in vars(args).items()}, "rows": rows,
         "curves": {f"{s}|{n}": c for (s, n), c in curves.items()},
