@@ -73,6 +73,7 @@ from .fitting import FIT_SOLVERS, GAN_LOSSES, PAIRINGS, fit_generator, generator
 
 __all__ = [
     "METHODS",
+    "STEP_CONTROLS",
     "StepConfig",
     "StepInfo",
     "algorithm_step",
@@ -267,18 +268,12 @@ def push_targets(
     return (x.detach() + eps * drift), drift
 
 
-def controlled_move(drift: torch.Tensor, cfg: StepConfig) -> tuple[torch.Tensor, float]:
-    r"""The move eps * drift of (22) and the flow time eps it advances.
+def _fixed_step(drift: torch.Tensor, cfg: StepConfig) -> tuple[torch.Tensor, float]:
+    return cfg.eps * drift, cfg.eps
 
-    Outside the faithful mode eps = ``cfg.eps``. In the faithful mode the CFL-like rule on
-    a robust statistic: eps = min(cfg.eps, cfl * length_scale / q), q the
-    ``step_quantile`` quantile of |drift_i| (1: the max), so a few points with a large
-    drift cannot freeze flow time; those few have their move clipped to
-    cfl * length_scale (they lag the ODE). ``drift`` has shape (m, d).
-    """
+
+def _cfl_step(drift: torch.Tensor, cfg: StepConfig) -> tuple[torch.Tensor, float]:
     eps = cfg.eps
-    if not cfg.faithful:
-        return eps * drift, eps
     limit = cfg.cfl * cfg.length_scale
     speed = drift.norm(dim=-1)
     # torch.quantile refuses inputs of more than 2^24 elements; speeds are one per point
@@ -288,6 +283,27 @@ def controlled_move(drift: torch.Tensor, cfg: StepConfig) -> tuple[torch.Tensor,
     move = eps * drift
     norm = move.norm(dim=-1, keepdim=True)
     return move * torch.clamp(limit / norm.clamp_min(1e-30), max=1.0), eps
+
+
+# step controllers: (drift (m, d), StepConfig) -> (move (m, d), flow time advanced);
+# "cfl" is the faithful mode's
+STEP_CONTROLS: dict[str, Callable[[torch.Tensor, StepConfig], tuple[torch.Tensor, float]]] = {
+    "fixed": _fixed_step,
+    "cfl": _cfl_step,
+}
+
+
+def controlled_move(drift: torch.Tensor, cfg: StepConfig) -> tuple[torch.Tensor, float]:
+    r"""The move eps * drift of (22) and the flow time eps it advances
+    (:data:`STEP_CONTROLS`).
+
+    Outside the faithful mode (``"fixed"``) eps = ``cfg.eps``. In the faithful mode
+    (``"cfl"``) the CFL-like rule on a robust statistic: eps = min(cfg.eps, cfl *
+    length_scale / q), q the ``step_quantile`` quantile of |drift_i| (1: the max), so a
+    few points with a large drift cannot freeze flow time; those few have their move
+    clipped to cfl * length_scale (they lag the ODE). ``drift`` has shape (m, d).
+    """
+    return STEP_CONTROLS["cfl" if cfg.faithful else "fixed"](drift, cfg)
 
 
 def discriminator_drift(
