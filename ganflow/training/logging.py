@@ -35,32 +35,30 @@ class Logger(Protocol):
     def close(self) -> None: ...
 
 
-class SnapshotLog:
+class _FileLog:
+    """A logger whose every write is complete when ``log`` returns: nothing to close."""
+
+    def close(self) -> None:
+        pass
+
+
+class SnapshotLog(_FileLog):
     def log(self, s: Session, row: dict) -> None:
         prefix, tensors = s.method.snapshot()
         write_safetensors_atomic(
             s.run_dir / "snapshots" / f"{prefix}-{s.iteration:08d}.safetensors", tensors)
 
-    def close(self) -> None:
-        pass
 
-
-class ImageGridLog:
+class ImageGridLog(_FileLog):
     def log(self, s: Session, row: dict) -> None:
         grid = s.draw(min(64, s.cfg.eval_samples), torch.Generator().manual_seed(s.cfg.seed + 1))
         save_image_grid(grid.cpu(), s.data.image_shape,
                         s.run_dir / "samples" / f"grid-{s.iteration:08d}.png")
 
-    def close(self) -> None:
-        pass
 
-
-class MetricsLog:
+class MetricsLog(_FileLog):
     def log(self, s: Session, row: dict) -> None:
         append_line_durable(s.run_dir / "metrics.jsonl", json.dumps(row))
-
-    def close(self) -> None:
-        pass
 
 
 class TensorBoardLog:

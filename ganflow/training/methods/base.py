@@ -52,6 +52,13 @@ def get_method(name: str) -> type[Method]:
                            f"{method_names()}") from None
 
 
+def _refuse_distil(cfg) -> None:
+    """--distil acts on the particle method's final particles alone."""
+    if cfg.distil:
+        raise GanflowError(f"--distil fits a generator to particles: it needs --method "
+                           f"particles, not {cfg.method!r}")
+
+
 def _refuse_flow_map_options(cfg) -> None:
     """--repair-every and --fit-loss act on flow-map's pairs alone."""
     if cfg.repair_every:
@@ -87,9 +94,7 @@ class Method:
     @classmethod
     def check(cls, cfg) -> None:
         """Refuse options this method cannot honour (called by TrainConfig)."""
-        if cfg.distil:
-            raise GanflowError(f"--distil fits a generator to particles: it needs --method "
-                               f"particles, not {cfg.method!r}")
+        _refuse_distil(cfg)
         _refuse_flow_map_options(cfg)
 
     # ------------------------------------------------------------ a new run

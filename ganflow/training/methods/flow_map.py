@@ -18,12 +18,12 @@ from ..._errors import GanflowError
 from ...algorithm import StepInfo
 from ...flow_map import FIT_LOSSES, flow_map_step, initial_pairs
 from ...metrics import mode_metrics
-from .base import Method, register_method
-from .particles import particle_subset
+from .base import _refuse_distil, register_method
+from .particles import HoldsParticles, particle_subset
 
 
 @register_method("flow-map")
-class FlowMapMethod(Method):
+class FlowMapMethod(HoldsParticles):
     """N pairs (z_i, x_i): calibrate D, move the x_i by its drift, regress G on the pairs."""
 
     # its generator stays on the flow only if D is calibrated and the fit accurate at
@@ -40,14 +40,11 @@ class FlowMapMethod(Method):
 
     @classmethod
     def check(cls, cfg) -> None:
-        if cfg.distil:
-            raise GanflowError("--distil fits a generator to particles: it needs --method "
-                               "particles, not 'flow-map'")
+        _refuse_distil(cfg)
         if cfg.fit_loss is not None and cfg.fit_loss not in FIT_LOSSES:
             raise GanflowError(f"unknown --fit-loss {cfg.fit_loss!r}: expected one of "
                                f"{list(FIT_LOSSES)}")
-        if cfg.particles < 2:
-            raise GanflowError(f"--particles must be at least 2, got {cfg.particles!r}")
+        cls.check_particle_count(cfg)
         if cfg.divergence == "chi2":
             raise GanflowError(
                 "--method flow-map refuses --divergence chi2: its drift 2 e^(-f) grad f is "
@@ -60,12 +57,6 @@ class FlowMapMethod(Method):
         self.latents, self.particles = initial_pairs(
             s.G, s.cfg.particles, s.cfg.latent_dim,
             torch.Generator().manual_seed(s.cfg.seed + 3), device=s.device)
-
-    def pick(self, m: int) -> torch.Tensor:
-        return self.s.pick(self.particles.shape[0], m)
-
-    def fake_batch(self, m: int) -> torch.Tensor:
-        return self.particles[self.pick(m)]
 
     def step(self) -> StepInfo:
         s = self.s
@@ -98,6 +89,3 @@ class FlowMapMethod(Method):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.particles = tensors["particles"].to(self.s.device)
         self.latents = tensors["latents"].to(self.s.device)
-
-    def check_finite(self) -> str | None:
-        return None if torch.isfinite(self.particles).all() else "particles"

@@ -35,8 +35,30 @@ def particle_subset(particles: torch.Tensor, n: int, gen: torch.Generator) -> to
     return particles[idx.to(particles.device)]
 
 
+class HoldsParticles(Method):
+    """What the methods that keep N particles as state share: at least two of them, D's
+    fake batches and the fit batches drawn from them, and a NaN check before saving."""
+
+    particles: torch.Tensor | None
+
+    @staticmethod
+    def check_particle_count(cfg) -> None:
+        if cfg.particles < 2:
+            raise GanflowError(f"--particles must be at least 2, got {cfg.particles!r}")
+
+    def pick(self, m: int) -> torch.Tensor:
+        """m particle indices, with replacement, from the training batch stream."""
+        return self.s.pick(self.particles.shape[0], m)
+
+    def fake_batch(self, m: int) -> torch.Tensor:
+        return self.particles[self.pick(m)]
+
+    def check_finite(self) -> str | None:
+        return None if torch.isfinite(self.particles).all() else "particles"
+
+
 @register_method("particles")
-class ParticleMethod(Method):
+class ParticleMethod(HoldsParticles):
     """N particles, part of every checkpoint, moved by the calibrated D's drift."""
 
     samples_are_particles = True
@@ -52,8 +74,7 @@ class ParticleMethod(Method):
     @classmethod
     def check(cls, cfg) -> None:
         _refuse_flow_map_options(cfg)
-        if cfg.particles < 2:
-            raise GanflowError(f"--particles must be at least 2, got {cfg.particles!r}")
+        cls.check_particle_count(cfg)
 
     def start(self) -> None:
         self.particles = self._initial_particles().to(self.s.device)
@@ -78,13 +99,6 @@ class ParticleMethod(Method):
                 f"--particle-init {cfg.particle_init!r} is {start.dim}-dimensional; the data "
                 f"{s.data.name!r} is {s.data.dim}-dimensional")
         return start.sample(cfg.particles, gen)
-
-    def pick(self, m: int) -> torch.Tensor:
-        """m particle indices, with replacement, from the training batch stream."""
-        return self.s.pick(self.particles.shape[0], m)
-
-    def fake_batch(self, m: int) -> torch.Tensor:
-        return self.particles[self.pick(m)]
 
     def step(self) -> StepInfo:
         self.distilled = False  # the particles move on from any distilled G
@@ -139,9 +153,6 @@ class ParticleMethod(Method):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.particles = tensors["particles"].to(self.s.device)
         self.distilled = bool(meta.get("distilled", False))
-
-    def check_finite(self) -> str | None:
-        return None if torch.isfinite(self.particles).all() else "particles"
 
     # ------------------------------------------------------------ distillation
     def finish(self, interrupted: threading.Event, *, progress: bool) -> str:
