@@ -43,6 +43,10 @@ CONFIGS: dict[str, dict] = {
                  "d_warmup": 500, "repair_every": 0, "fit_loss": "mse"},
     "flow-map l1": {"eps": 0.05, "method": "flow-map", "d_steps": 20, "fit_steps": 10,
                     "d_warmup": 500},
+    # the same with the budget of DESIGN.md's 1-D pilot: D calibrated by 60 steps per step
+    # of 0.05 (1000 before the first), G fitted by 40
+    "flow-map l1 D60 F40": {"eps": 0.05, "method": "flow-map", "d_steps": 60,
+                            "fit_steps": 40, "d_warmup": 1000},
     "flow K1": {"eps": 0.05},
     "gan": {"eps": 0.05, "method": "gan"},
     "eps 0.05 K1 index adam": {"eps": 0.05},
