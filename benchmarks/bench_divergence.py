@@ -66,6 +66,11 @@ CONFIGS: dict[str, dict] = {
     # fitted by 10 SGD steps per iteration on fresh batches of pairs
     "SGD flow-map": {**SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0,
                      "fit_steps": 10},
+    # the same SGD discriminator and particle moves, G's regression by Adam (constant
+    # 1e-3): the regression is not a player of the game, and a constant SGD step does not
+    # settle its L1 fit
+    "SGD flow-map, Adam fit": {**SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0,
+                               "fit_steps": 10, "fit_optimizer": "adam", "lr_g": 1e-3},
     # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
     "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
     "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},

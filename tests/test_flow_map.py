@@ -20,7 +20,7 @@ from ganflow.data import load_data
 from ganflow.flow_map import flow_map_step, initial_pairs, repair_pairs
 from ganflow.generator_init import fit_generator_to_law
 from ganflow.networks import make_generator
-from ganflow.training import TrainConfig, read_metrics, resume, sample_run, train
+from ganflow.training import TrainConfig, load_run, read_metrics, resume, sample_run, train
 
 M0, S0 = 2.0, 0.5
 
@@ -168,6 +168,27 @@ def test_flow_map_resume_gives_the_same_metrics(tmp_path):
                                rtol=0, atol=0)
 
 
+def test_fit_optimizer_is_the_regressions_alone_and_survives_a_resume(tmp_path):
+    # an SGD discriminator with an Adam regression: each network gets its own optimizer,
+    # and a resumed run (its optimizer states restored by type) continues as an unbroken one
+    cfg = TrainConfig(data="ring8", method="flow-map", width=16, depth=2, batch_size=32,
+                      iterations=20, eval_every=10, eval_samples=200, w2_samples=100,
+                      particles=300, d_steps=2, fit_steps=2, optimizer="sgd", lr_d=0.1,
+                      lr_g=1e-3, fit_optimizer="adam")
+    train(cfg, out=tmp_path / "full", progress=False)
+    train(cfg, out=tmp_path / "part", progress=False, stop_at=10)
+    resume(tmp_path / "part", progress=False)
+    run = load_run(tmp_path / "part")
+    assert isinstance(run.session.opt_g, torch.optim.Adam)
+    assert isinstance(run.session.opt_d, torch.optim.SGD)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    assert [r.get("g_loss") for r in a] == [r.get("g_loss") for r in b]
+    # and not the same run as an SGD regression
+    sgd = TrainConfig(**{**cfg.to_dict(), "fit_optimizer": None})
+    train(sgd, out=tmp_path / "sgd", progress=False)
+    assert read_metrics(tmp_path / "sgd")[-1]["g_loss"] != a[-1]["g_loss"]
+
+
 def test_repair_pairs_keeps_the_particles_and_undoes_a_scramble():
     torch.manual_seed(0)
     G = make_generator(2, 2, width=16, depth=2)
@@ -198,6 +219,10 @@ def test_flow_map_refusals(tmp_path):
         TrainConfig(method="flow", fit_loss="l1")
     with pytest.raises(GanflowError, match="unknown --fit-loss 'huber'"):
         TrainConfig(method="flow-map", fit_loss="huber")
+    with pytest.raises(GanflowError, match="--fit-optimizer adam chooses flow-map's"):
+        TrainConfig(method="gan", fit_optimizer="adam")
+    with pytest.raises(GanflowError, match="unknown --fit-optimizer 'lbfgs'"):
+        TrainConfig(method="flow-map", fit_optimizer="lbfgs")
     with pytest.raises(GanflowError, match="init"):
         train(TrainConfig(data="ring8", method="flow-map", init="normal:0:1", iterations=2),
               out=tmp_path / "x", progress=False)

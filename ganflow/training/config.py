@@ -135,6 +135,11 @@ class TrainConfig:
     fit_loss: str | None = _opt(None, "flow-map: the regression of G on the pairs: l1 "
                                 "(|G(z) - x|, a median: G lands on a mode) or mse "
                                 "(|G(z) - x|^2, a mean); default l1.")
+    # the regression is not a player of the game: D's optimizer (--optimizer) is what the
+    # divergence protocol varies, and a constant SGD step never settles an L1 fit
+    fit_optimizer: str | None = _opt(None, "flow-map: the optimizer of G's regression on "
+                                     "the pairs, adam or sgd, at --lr-g (default: "
+                                     "--optimizer).")
     particle_init: str = _opt("", "particles: start law: 'generator' (the untrained "
                               "generator's law), or any --data spec of the data's dimension "
                               "(default N(0, I), or the --init law).")
@@ -148,7 +153,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         get_method(self.method)  # raises on an unknown name, listing the known ones
         for name, allowed in (("optimizer", OPTIMIZERS), ("activation", sorted(ACTIVATIONS)),
-                              ("log", LOGGERS)):
+                              ("log", LOGGERS), ("fit_optimizer", (None, *OPTIMIZERS))):
             if getattr(self, name) not in allowed:
                 raise GanflowError(f"unknown {flag(name)} {getattr(self, name)!r}: expected "
                                    f"one of {list(allowed)}")

@@ -55,8 +55,8 @@ class Session:
                 f"torchrun (world size {self.ctx.world_size}), on one GPU with --device cuda")
         self.device = self.ctx.device  # cuda:LOCAL_RANK under torchrun with NCCL
         self.G, self.D = (net.to(self.device) for net in self._networks())
-        self.opt_g = self._optimizer(self.G, cfg.lr_g)
-        self.opt_d = self._optimizer(self.D, cfg.lr_d)
+        self.opt_g = self._optimizer(self.G, cfg.lr_g, cfg.fit_optimizer or cfg.optimizer)
+        self.opt_d = self._optimizer(self.D, cfg.lr_d, cfg.optimizer)
         # average gradients over ranks before every optimizer step (no-op on one process)
         attach(self.opt_g, self.ctx)
         attach(self.opt_d, self.ctx)
@@ -86,8 +86,8 @@ class Session:
                     make_discriminator(data.dim, width=cfg.width, depth=cfg.depth,
                                        activation=cfg.activation))
 
-    def _optimizer(self, net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "sgd":
+    def _optimizer(self, net: torch.nn.Module, lr: float, kind: str) -> torch.optim.Optimizer:
+        if kind == "sgd":
             return torch.optim.SGD(net.parameters(), lr=lr)
         return torch.optim.Adam(net.parameters(), lr=lr, betas=(self.cfg.beta1, 0.999))
 
