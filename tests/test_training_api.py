@@ -51,6 +51,33 @@ def test_flags_beside_config_override_it_and_the_decays_follow_a_new_horizon(tmp
     assert got["lr_decay_iters"] == 10  # resolved from the new horizon, not the file's 20
 
 
+def test_config_of_an_old_flow_map_run_is_read_as_it_trained(tmp_path):
+    # a flow-map run written before --repair-every / --fit-loss existed: its config.json
+    # lacks them, and the run never re-paired and fitted by the MSE. --config must give
+    # that run again, not today's defaults (re-pairing every 100, the L1 fit); a plain
+    # options file without them still gets the defaults
+    old = tmp_path / "old"
+    r = runner.invoke(app, ["train", "--method", "flow-map", "--particles", "100",
+                            "--out", str(old), *FLAGS])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((old / "config.json").read_text())
+    for key in ("repair_every", "fit_loss", "fit_optimizer"):
+        del cfg[key]
+    (old / "config.json").write_text(json.dumps(cfg))
+    r = runner.invoke(app, ["train", "--config", str(old / "config.json"),
+                            "--out", str(tmp_path / "again"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert (got["repair_every"], got["fit_loss"]) == (0, "mse")
+    plain = tmp_path / "options.json"
+    plain.write_text(json.dumps(cfg))  # the same options, outside a run folder
+    r = runner.invoke(app, ["train", "--config", str(plain), "--out", str(tmp_path / "new"),
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert (got["repair_every"], got["fit_loss"]) == (100, "l1")
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"widht": 16}', "unknown config keys \\['widht'\\]"),
     ("[1, 2]", "must hold an object of options, got list"),

@@ -52,6 +52,11 @@ def _refuse_options_beside_resume(ctx: typer.Context) -> None:
 
 def _read_config_file(path: Path) -> dict:
     """Options from a run's config.json, a JSON object or a TOML table of options."""
+    from ..training import run_options
+
+    if path.name == "config.json" and (path.parent / "metrics.jsonl").is_file():
+        # a run folder's: read as the run trained, even by an older ganflow
+        return run_options(path.parent)
     try:
         text = path.read_text()
         obj = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)

@@ -6,7 +6,7 @@ from .config import TrainConfig
 from .loop import TrainResult
 from .methods import Method, get_method, method_names, register_method
 from .reading import read_metrics
-from .run import Run, load_run, plot_run, resume, sample_run, train
+from .run import Run, load_run, plot_run, resume, run_options, sample_run, train
 
 __all__ = [
     "Method",
@@ -21,6 +21,7 @@ __all__ = [
     "read_metrics",
     "register_method",
     "resume",
+    "run_options",
     "sample_run",
     "train",
 ]

@@ -115,20 +115,32 @@ class Run:
         return _draw_figures(self)
 
 
+def run_options(run_dir: str | Path) -> dict:
+    r"""The options a run folder trained with: its config.json as a dict of TrainConfig
+    fields. Options added to ganflow after the run was written, and missing from its
+    file, are filled with what the run did then (not with today's defaults): a flow-map
+    run from before ``--repair-every`` and ``--fit-loss`` never re-paired and fitted by
+    the MSE."""
+    run_dir = Path(run_dir)
+    try:
+        obj = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GanflowError(f"{str(run_dir)!r} is not a ganflow run folder: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise GanflowError(f"{str(run_dir / 'config.json')!r} is not an object of options")
+    if obj.get("method") == "flow-map":
+        obj.setdefault("repair_every", 0)
+        obj.setdefault("fit_loss", "mse")
+    return obj
+
+
 def _open(run_dir: str | Path, ctx: DistContext | None = None, *, resuming: bool = False,
           **overrides) -> Session:
     """The session of a run folder at its latest checkpoint. ``resuming`` (training on)
     requires the run's world size; reading works on one process for any run."""
     run_dir = Path(run_dir)
     _runfolder.check_run_folder(run_dir)  # no symlinked subfolders: nothing outside it
-    try:
-        obj = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GanflowError(f"{str(run_dir)!r} is not a ganflow run folder: {exc}") from exc
-    if obj.get("method") == "flow-map":
-        # written before these options: it never re-paired, and fitted by the MSE
-        obj.setdefault("repair_every", 0)
-        obj.setdefault("fit_loss", "mse")
+    obj = run_options(run_dir)
     cfg = TrainConfig.from_dict({**obj, **{k: v for k, v in overrides.items() if v is not None}})
     s = Session(cfg, run_dir, load_data(cfg.data), ctx)
     try:
