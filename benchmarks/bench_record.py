@@ -60,7 +60,10 @@ def run_seeds(data: str, method: str, seeds: list[int], iterations: int, eval_ev
         cfg = TrainConfig(data=data, seed=seed, iterations=iterations, eval_every=eval_every,
                           **METHODS[method])
         with tempfile.TemporaryDirectory() as tmp:
-            train(cfg, out=Path(tmp) / "run", progress=False, figures=False)
+            result = train(cfg, out=Path(tmp) / "run", progress=False, figures=False)
+            if result.status != "finished":  # Ctrl-C / SIGTERM: keep only finished seeds
+                raise SystemExit(f"seed {seed} {result.status} at iteration "
+                                 f"{result.iteration}; the finished seeds are kept")
             last = read_metrics(Path(tmp) / "run")[-1]
         row = {"seed": seed, **{k: last[k] for k in ("iteration", "seconds", "modes", "hq",
                                                      "mode_kl", "energy")}}
