@@ -44,7 +44,7 @@ from _common import RESULTS, environment
 from _interleave import plot_samples_at_times, quality_row, run_interleaved
 
 from ganflow.data import load_data
-from ganflow.metrics import QUALITY_BAR
+from ganflow.metrics import first_at_quality_bar
 from ganflow.training import TrainConfig, read_metrics
 
 # section 6's setting: plain gradient descent, constant step sizes, eps = 1 (the paper)
@@ -96,11 +96,7 @@ def verdict(rows: list[dict], n_modes: int) -> dict:
     last = evals[-1]
     peak = max(r["modes"] for r in evals)
 
-    def meets(r: dict) -> bool:
-        return (r["modes"] == n_modes and r["hq"] >= QUALITY_BAR["hq"]
-                and r["mode_kl"] <= QUALITY_BAR["mode_kl"])
-
-    if len(evals) >= 2 and all(meets(r) for r in evals[-2:]):
+    if len(evals) >= 2 and all(first_at_quality_bar([r], n_modes) for r in evals[-2:]):
         v = "converged"
     elif last["w2"] > RAN_AWAY_W2:
         v = "ran away"

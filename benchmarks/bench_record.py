@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -28,9 +27,9 @@ import torch
 from _common import environment
 from bench_train import METHODS
 
-from ganflow.metrics import QUALITY_BAR
-from ganflow.training import TrainConfig, train
-from ganflow.training.reading import read_metrics
+from ganflow._io import write_json_atomic
+from ganflow.metrics import first_at_quality_bar
+from ganflow.training import TrainConfig, read_metrics, train
 
 # PacGAN Table 1 (10 trials, 2500 samples) as DESIGN.md quotes it: the best published row
 # per data set, and the plain GAN's grid HQ, the best on that column (its other columns
@@ -41,12 +40,6 @@ PUBLISHED = {
                {"method": "GAN (published)", "modes": None, "hq": 94.8, "mode_kl": None}],
 }
 MODES = {"ring8": 8, "grid25": 25}
-
-
-def _write_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def run_seeds(data: str, method: str, seeds: list[int], iterations: int, eval_every: int,
@@ -72,7 +65,7 @@ def run_seeds(data: str, method: str, seeds: list[int], iterations: int, eval_ev
               f"{100 * row['hq']:.1f} %, KL {row['mode_kl']:.4f}, {row['seconds']:.0f} s",
               flush=True)
         if json_path is not None:
-            _write_atomic(json_path, out)
+            write_json_atomic(json_path, out)
 
 
 def aggregate(runs: list[dict], n_modes: int) -> dict:
@@ -88,8 +81,7 @@ def aggregate(runs: list[dict], n_modes: int) -> dict:
     return {"seeds": len(runs), "modes": modes[0], "modes_std": modes[1], "hq": hq[0],
             "hq_std": hq[1], "mode_kl": kl[0], "mode_kl_std": kl[1],
             "all_modes": sum(r["modes"] == n_modes for r in runs),
-            "bar": sum(r["modes"] == n_modes and r["hq"] >= QUALITY_BAR["hq"]
-                       and r["mode_kl"] <= QUALITY_BAR["mode_kl"] for r in runs)}
+            "bar": sum(first_at_quality_bar([r], n_modes) is not None for r in runs)}
 
 
 def merge(results: list[dict]) -> list[dict]:
@@ -104,6 +96,10 @@ def merge(results: list[dict]) -> list[dict]:
         else:
             pooled[key] = {**r, "runs": list(r["runs"])}
     return list(pooled.values())
+
+
+def _cell(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def print_table(results: list[dict]) -> None:
@@ -121,11 +117,8 @@ def print_table(results: list[dict]) -> None:
                   f"{a['hq_std']:<3.1f} {a['mode_kl']:>7.3f} ± {a['mode_kl_std']:<5.3f} "
                   f"{a['all_modes']:>5}/{a['seeds']} {a['bar']:>3}/{a['seeds']}")
         for p in PUBLISHED.get(data, []):
-            def f(v, spec):
-                return "-" if v is None else format(v, spec)
-
-            print(f"{data:>7} {p['method']:>26} {10:>5} {'':>6} {f(p['modes'], '.1f'):>6}"
-                  f"       {f(p['hq'], '.1f'):>6}       {f(p['mode_kl'], '.3f'):>7}")
+            print(f"{data:>7} {p['method']:>26} {10:>5} {'':>6} {_cell(p['modes'], '.1f'):>6}"
+                  f"       {_cell(p['hq'], '.1f'):>6}       {_cell(p['mode_kl'], '.3f'):>7}")
 
 
 def main() -> None:
