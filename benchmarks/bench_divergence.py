@@ -35,7 +35,6 @@ converged``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 from _common import RESULTS, environment
 from _interleave import plot_samples_at_times, quality_row, run_interleaved
 
+from ganflow._io import write_json_atomic
 from ganflow.data import load_data
 from ganflow.metrics import first_at_quality_bar
 from ganflow.training import TrainConfig, read_metrics
@@ -77,6 +77,15 @@ CONFIGS: dict[str, dict] = {
                                            "d_warmup": 0, "fit_steps": 10,
                                            "fit_optimizer": "adam", "lr_g": 1e-3,
                                            "repair_every": 25},
+    # the same with 2 SGD discriminator steps per iteration (a better calibrated drift;
+    # 5 steps overshot at eps 1), and with 2 steps at half the step eps
+    "SGD flow-map, Adam fit, re-pair 25, D2": {**SGD, "method": "flow-map", "d_steps": 2,
+                                               "d_warmup": 0, "fit_steps": 10,
+                                               "fit_optimizer": "adam", "lr_g": 1e-3,
+                                               "repair_every": 25},
+    "SGD flow-map, Adam fit, re-pair 25, D2 eps 0.5": {
+        **SGD, "method": "flow-map", "d_steps": 2, "d_warmup": 0, "fit_steps": 10,
+        "fit_optimizer": "adam", "lr_g": 1e-3, "repair_every": 25, "eps": 0.5},
     # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
     "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
     "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},
@@ -104,10 +113,15 @@ def verdict(rows: list[dict], n_modes: int) -> dict:
         v = "collapsed"
     else:
         v = "not converged"
-    return {"verdict": v, "peak_modes": peak,
-            "modes_trace": [r["modes"] for r in evals],
-            "w2_trace": [round(r["w2"], 3) for r in evals],
-            "iterations_trace": [r["iteration"] for r in evals]}
+    out = {"verdict": v, "peak_modes": peak,
+           "modes_trace": [r["modes"] for r in evals],
+           "w2_trace": [round(r["w2"], 3) for r in evals],
+           "iterations_trace": [r["iteration"] for r in evals]}
+    if "particles_modes" in last:  # flow-map: the pairs' own particles, the flow's state
+        out["particles_modes_trace"] = [r.get("particles_modes") for r in evals]
+        out["particles_hq_trace"] = [r.get("particles_hq") and round(r["particles_hq"], 3)
+                                     for r in evals]
+    return out
 
 
 def plot_curves(traces: dict[str, list[dict]], n_modes: int, path: Path) -> Path:
@@ -188,7 +202,7 @@ def main() -> None:
     if args.json is not None:
         out = {"env": environment(), "data": args.data, "seeds": args.seeds,
                "iterations": args.iterations, "eval_every": args.eval_every, "rows": rows}
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_json_atomic(args.json, out)
         print(f"wrote {args.json}")
 
 

@@ -19,6 +19,13 @@ this directly for a run on a 1-D or 2-D mixture target:
    smoothed with their own cross-validated bandwidth (``l1_floor``): a gap near the
    floor means "on the flow, as far as n samples can tell"; ``on_flow`` is the verdict
    L1 gap <= 2 x floor.
+
+Both the gap and the floor are random: with one draw of n samples each, their ratio
+scatters by tens of percent around its mean. ``draws`` R > 1 averages each over R
+independent draws (fresh latents, or fresh subsamples of a particle snapshot, and fresh
+exact samples of u(t)), so that the verdict compares the expected gap with the expected
+floor; the first draw is the single-draw result, and every draw is kept
+(``l1_gap_draws``, ``l1_floor_draws``).
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ class TrackingResult:
     ``floor_jsd`` (the KDE of n exact samples of u(t) vs rho_d: what ``gen_jsd`` would be
     on the flow, estimator bias and noise included),
     ``bandwidths``, ``on_flow`` (L1 gap <= ``ON_FLOW_FACTOR`` x floor); ``start`` says
-    where u(0) came from; plus the PDE solution and the generator samples (for plots)."""
+    where u(0) came from; plus the PDE solution and the generator samples (for plots).
+    The gaps, floors and JSDs are means over ``draws`` independent draws;
+    ``l1_gap_draws`` and ``l1_floor_draws`` (draws, snapshots) hold each draw's."""
 
     run_dir: Path
     divergence: str
@@ -72,6 +81,9 @@ class TrackingResult:
     pde: FokkerPlanckSolution
     samples: list[np.ndarray]
     start: str = "kde"
+    draws: int = 1
+    l1_gap_draws: np.ndarray | None = None
+    l1_floor_draws: np.ndarray | None = None
 
     @property
     def on_flow(self) -> np.ndarray:
@@ -84,6 +96,7 @@ class TrackingResult:
             "start": self.start,
             "on_flow": self.on_flow.tolist(),
             "n_samples": self.n_samples,
+            "draws": self.draws,
             "cells": self.pde.grid.cells,
             "box": self.pde.grid.half_width,
             "iterations": self.iterations.tolist(),
@@ -95,6 +108,9 @@ class TrackingResult:
             "pde_jsd": self.pde_jsd.tolist(),
             "floor_jsd": self.floor_jsd.tolist(),
             "bandwidths": self.bandwidths.tolist(),
+            **({} if self.l1_gap_draws is None else {
+                "l1_gap_draws": self.l1_gap_draws.tolist(),
+                "l1_floor_draws": self.l1_floor_draws.tolist()}),
         }
 
 
@@ -131,6 +147,7 @@ def track_run(
     box: float | None = None,
     dt: float = 0.01,
     seed: int = 0,
+    draws: int = 1,
     progress: bool = False,
 ) -> TrackingResult:
     r"""Compare a run's generator snapshots (or a ``particles`` run's particle snapshots)
@@ -145,10 +162,16 @@ def track_run(
             2000 in 1-D and 256 in 2-D).
         box: half-width of the grid (default: the target's extent and the samples').
         dt: the PDE's initial step (it grows up to the spacing of snapshot times / 4).
+        seed: seed of the first draw's samples (later draws derive theirs from it).
+        draws: independent draws of n samples (generator and floor) averaged per
+            snapshot (module docstring); 1 is the single-draw estimate.
     """
     from .training import load_run
 
     run_dir = Path(run_dir)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise GanflowError(f"draws={draws!r}: expected a positive integer (the number of "
+                           "independent sample draws averaged per snapshot)")
     if not (run_dir / "config.json").exists():
         raise GanflowError(f"{str(run_dir)!r} is not a run folder: no config.json in it")
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -168,7 +191,9 @@ def track_run(
     times_of = _flow_times(run_dir)
     snaps = [(it, p) for it, p in snaps if it in times_of]
 
-    samples = _snapshot_samples(run, snaps, int(n), seed)
+    per_draw = [_snapshot_samples(run, snaps, int(n), _draw_seed(seed, r), draw=r)
+                for r in range(draws)]
+    samples = per_draw[0]
     n = min(len(x) for x in samples)
 
     bws = [cv_bandwidth(x) for x in samples]
@@ -196,22 +221,36 @@ def track_run(
         cells=grid.cells, t_end=t_end, dt=min(dt, t_end), dt_max=max(dt, spacing / 4),
         save_at=[t for t in times if t > 0], progress=progress,
     )
-    gaps = _gaps(pde, grid, times, samples, bws, int(n), seed)
+    each = [_gaps(pde, grid, times, xs, bws if r == 0 else [cv_bandwidth(x) for x in xs],
+                  int(n), _draw_seed(seed, r)) for r, xs in enumerate(per_draw)]
+    gaps = {k: np.mean([g[k] for g in each], axis=0) for k in each[0]}
     return TrackingResult(
         run_dir=run_dir, divergence=cfg["divergence"], iterations=np.array([s[0] for s in snaps]),
         times=times, **gaps, bandwidths=np.array(bws),
         n_samples=int(n), pde=pde, samples=[x.numpy() for x in samples],
         start="init law" if start is not None else "KDE of the iteration-0 samples",
+        draws=draws, l1_gap_draws=np.array([g["l1_gap"] for g in each]),
+        l1_floor_draws=np.array([g["l1_floor"] for g in each]),
     )
 
 
-def _snapshot_samples(run, snaps: list[tuple[int, Path]], n: int, seed: int) -> list:
-    """n samples (float64) of each snapshot: the generator saved there, or its particles."""
+def _draw_seed(seed: int, draw: int) -> int:
+    # draw 0 keeps ``seed`` itself: its numbers are the single-draw estimate's
+    return seed + 7919 * draw
+
+
+def _snapshot_samples(run, snaps: list[tuple[int, Path]], n: int, seed: int,
+                      draw: int = 0) -> list:
+    """n samples (float64) of each snapshot: the generator saved there, or its particles
+    (the first n for draw 0, a random subsample of n for a later draw)."""
     samples = []
     for _, path in snaps:
         if path.name.startswith("P-"):
             # the snapshot's particles are exchangeable: its first n are a uniform subsample
-            x = load_file(str(path))["particles"][:n].double()
+            x = load_file(str(path))["particles"].double()
+            if draw > 0:
+                x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
+            x = x[:n]
         else:
             run.G.load_state_dict(load_file(str(path)))
             z = run.sample_latent(n, torch.Generator().manual_seed(seed))

@@ -61,9 +61,10 @@ def test_track_starts_the_pde_from_the_init_law(tmp_path):
     assert 0 < res.l1_gap[0] <= 2 * res.l1_floor[0]  # G_0 is the init law within the noise
     assert res.on_flow[0] and res.on_flow.dtype == bool
     cli = CliRunner().invoke(app, ["track", str(run), "--n", "500", "--cells", "200",
-                                   "--plot", str(tmp_path / "t.png")])
+                                   "--draws", "2", "--plot", str(tmp_path / "t.png")])
     assert cli.exit_code == 0, cli.output
     assert "on flow" in cli.output and "u(0) = init law" in cli.output
+    assert "(mean of 2 draws)" in cli.output
 
 
 def test_track_refuses_what_it_cannot_track(tmp_path):
@@ -73,3 +74,23 @@ def test_track_refuses_what_it_cannot_track(tmp_path):
         track_run(moons)
     with pytest.raises(gf.GanflowError, match="no config.json"):
         track_run(tmp_path)
+
+
+def test_track_averages_independent_draws(flow_run):
+    # draws=R: the first draw is the single-draw estimate, bit for bit; the reported gap
+    # and floor are the means over R draws that differ from each other (fresh latents and
+    # fresh exact samples of u(t)); the verdict uses the means
+    one = track_run(flow_run, n=500, cells=200)
+    three = track_run(flow_run, n=500, cells=200, draws=3)
+    assert three.l1_gap_draws.shape == three.l1_floor_draws.shape == (3, len(three.times))
+    np.testing.assert_array_equal(three.l1_gap_draws[0], one.l1_gap)
+    np.testing.assert_array_equal(three.l1_floor_draws[0], one.l1_floor)
+    np.testing.assert_allclose(three.l1_gap, three.l1_gap_draws.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(three.l1_floor, three.l1_floor_draws.mean(0), rtol=1e-12)
+    assert (np.ptp(three.l1_floor_draws, axis=0) > 0).all()
+    assert (np.ptp(three.l1_gap_draws[:, 1:], axis=0) > 0).all()  # t = 0: the KDE itself
+    np.testing.assert_array_equal(three.on_flow, three.l1_gap <= 2 * three.l1_floor)
+    assert three.to_dict()["draws"] == 3
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(gf.GanflowError, match=r"draws=.*positive integer"):
+            track_run(flow_run, draws=bad)
