@@ -86,6 +86,12 @@ CONFIGS: dict[str, dict] = {
     "SGD flow-map, Adam fit, re-pair 25, D2 eps 0.5": {
         **SGD, "method": "flow-map", "d_steps": 2, "d_warmup": 0, "fit_steps": 10,
         "fit_optimizer": "adam", "lr_g": 1e-3, "repair_every": 25, "eps": 0.5},
+    # one D step at eps 1, the flow's step decaying linearly to 0.1 (D's and the fit's
+    # steps stay constant): the particles, which a constant-step SGD D moves at eps 1,
+    # lost modes at times
+    "SGD flow-map, Adam fit, re-pair 25, eps decay 0.1": {
+        **SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10,
+        "fit_optimizer": "adam", "lr_g": 1e-3, "repair_every": 25, "eps_decay": 0.1},
     # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
     "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
     "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},
