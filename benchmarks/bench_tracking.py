@@ -8,7 +8,9 @@ the Fokker-Planck solution u(t). With ``--init SPEC`` every run starts from that
 without, both start from the run's initial generator (a KDE of it). Reported: the L1 and
 JSD gap between generator and u(t) at t in {0.5, 1, 2, 4}, the L1 noise floor (n samples
 of u(t) itself), the verdict on_flow (gap <= 2 x floor), and JSD to rho_d of the
-generator, of the flow, and of n exact samples of the flow (floor_jsd).
+generator, of the flow, and of n exact samples of the flow (floor_jsd). ``--draws R``
+averages the gaps, floors and JSDs over R independent sample draws per snapshot
+(``ganflow track --draws``); each row also keeps the first draw's gap/floor.
 
     python benchmarks/bench_tracking.py --json benchmarks/results/bench_tracking.json
     python benchmarks/bench_tracking.py --configs flow-map "flow K1" gan --divergences jsd kl \
