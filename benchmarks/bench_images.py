@@ -40,8 +40,8 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            # one D step per iteration, 2000 pairs, eps decaying like the learning rates
            "flow-map": {"method": "flow-map", "divergence": "kl", "d_steps": 1,
                         "d_warmup": 0, "particles": 2000, "eps_decay": 0.01},
-           # the same with 3 fit steps instead of 10: 2.3x Algorithm 1's cost per
-           # iteration instead of 4.2x, for equal-wall comparisons
+           # the same with 3 fit steps instead of 10: a cheaper iteration, so more of
+           # them in an equal-wall comparison
            "flow-map F3": {"method": "flow-map", "divergence": "kl", "d_steps": 1,
                            "d_warmup": 0, "particles": 2000, "eps_decay": 0.01,
                            "fit_steps": 3}}

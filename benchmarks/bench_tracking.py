@@ -54,8 +54,7 @@ CONFIGS: dict[str, dict] = {
     # alike
     "flow-map mse D60 F40": {"eps": 0.05, "method": "flow-map", "d_steps": 60,
                              "fit_steps": 40, "d_warmup": 1000, "fit_loss": "mse"},
-    # more fit steps per step: where the KL flow splits the mass (t <= 0.5) G lags its
-    # particles by up to 2.2 x the floor with 40 (five-draw means)
+    # more fit steps per step: where the KL flow splits the mass G lags its particles
     "flow-map mse D60 F80": {"eps": 0.05, "method": "flow-map", "d_steps": 60,
                              "fit_steps": 80, "d_warmup": 1000, "fit_loss": "mse"},
     "flow-map mse D60 F160": {"eps": 0.05, "method": "flow-map", "d_steps": 60,
