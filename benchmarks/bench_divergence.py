@@ -50,6 +50,10 @@ from ganflow.training import TrainConfig, read_metrics
 # section 6's setting: plain gradient descent, constant step sizes, eps = 1 (the paper)
 SGD = {"optimizer": "sgd", "lr_g": 0.05, "lr_d": 0.1, "lr_decay": 1.0}
 ADAM = {"optimizer": "adam", "lr_decay": 1.0}  # ganflow train's Adam, constant lr
+# flow-map under that discriminator (one SGD step per iteration, no warm-up), G regressed
+# on its pairs by 10 Adam steps at a constant 1e-3 per iteration
+SGD_FLOW_MAP_ADAM_FIT = {**SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0,
+                         "fit_steps": 10, "fit_optimizer": "adam", "lr_g": 1e-3}
 
 CONFIGS: dict[str, dict] = {
     "SGD K=1 index (Alg. 1)": {**SGD},
@@ -69,34 +73,25 @@ CONFIGS: dict[str, dict] = {
     # the same SGD discriminator and particle moves, G's regression by Adam (constant
     # 1e-3): the regression is not a player of the game, and a constant SGD step does not
     # settle its L1 fit
-    "SGD flow-map, Adam fit": {**SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0,
-                               "fit_steps": 10, "fit_optimizer": "adam", "lr_g": 1e-3},
+    "SGD flow-map, Adam fit": SGD_FLOW_MAP_ADAM_FIT,
     # and re-paired every 25 iterations instead of 100: each re-pairing moves G's targets
     # less, so its samples dip less after one
-    "SGD flow-map, Adam fit, re-pair 25": {**SGD, "method": "flow-map", "d_steps": 1,
-                                           "d_warmup": 0, "fit_steps": 10,
-                                           "fit_optimizer": "adam", "lr_g": 1e-3,
-                                           "repair_every": 25},
+    "SGD flow-map, Adam fit, re-pair 25": {**SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25},
     # the same with 2 SGD discriminator steps per iteration (a better calibrated drift;
     # 5 steps overshot at eps 1), and with 2 steps at half the step eps
-    "SGD flow-map, Adam fit, re-pair 25, D2": {**SGD, "method": "flow-map", "d_steps": 2,
-                                               "d_warmup": 0, "fit_steps": 10,
-                                               "fit_optimizer": "adam", "lr_g": 1e-3,
-                                               "repair_every": 25},
+    "SGD flow-map, Adam fit, re-pair 25, D2": {**SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25,
+                                               "d_steps": 2},
     "SGD flow-map, Adam fit, re-pair 25, D2 eps 0.5": {
-        **SGD, "method": "flow-map", "d_steps": 2, "d_warmup": 0, "fit_steps": 10,
-        "fit_optimizer": "adam", "lr_g": 1e-3, "repair_every": 25, "eps": 0.5},
+        **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "d_steps": 2, "eps": 0.5},
     # one D step at eps 1, the flow's step decaying linearly to 0.1 (D's and the fit's
     # steps stay constant): the particles, which a constant-step SGD D moves at eps 1,
     # lost modes at times
     "SGD flow-map, Adam fit, re-pair 25, eps decay 0.1": {
-        **SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10,
-        "fit_optimizer": "adam", "lr_g": 1e-3, "repair_every": 25, "eps_decay": 0.1},
+        **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "eps_decay": 0.1},
     # the re-pair-25 row with 4x the batch (D's SGD steps on 2048 data and 2048 particles,
     # the fit on 2048 pairs): a less noisy discriminator step at the same learning rate
     "SGD flow-map, Adam fit, re-pair 25, batch 2048": {
-        **SGD, "method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10,
-        "fit_optimizer": "adam", "lr_g": 1e-3, "repair_every": 25, "batch_size": 2048},
+        **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "batch_size": 2048},
     # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
     "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
     "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},

@@ -34,17 +34,16 @@ from _interleave import run_interleaved
 from ganflow._io import write_json_atomic
 from ganflow.training import TrainConfig, read_metrics
 
+# the KL flow (the JSD drift vanishes where D is sure, as on images early on), one D step
+# per iteration, 2000 pairs, eps decaying like the learning rates
+FLOW_MAP = {"method": "flow-map", "divergence": "kl", "d_steps": 1, "d_warmup": 0,
+            "particles": 2000, "eps_decay": 0.01}
 METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow K=1 index": {"method": "flow"},
-           # the KL flow (the JSD drift vanishes where D is sure, as on images early on),
-           # one D step per iteration, 2000 pairs, eps decaying like the learning rates
-           "flow-map": {"method": "flow-map", "divergence": "kl", "d_steps": 1,
-                        "d_warmup": 0, "particles": 2000, "eps_decay": 0.01},
-           # the same with 3 fit steps instead of 10: a cheaper iteration, so more of
-           # them in an equal-wall comparison
-           "flow-map F3": {"method": "flow-map", "divergence": "kl", "d_steps": 1,
-                           "d_warmup": 0, "particles": 2000, "eps_decay": 0.01,
-                           "fit_steps": 3}}
+           "flow-map": FLOW_MAP,
+           # 3 fit steps instead of 10: a cheaper iteration, so more of them in an
+           # equal-wall comparison
+           "flow-map F3": {**FLOW_MAP, "fit_steps": 3}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:

@@ -81,9 +81,12 @@ class TrackingResult:
     pde: FokkerPlanckSolution
     samples: list[np.ndarray]
     start: str = "kde"
-    draws: int = 1
     l1_gap_draws: np.ndarray | None = None
     l1_floor_draws: np.ndarray | None = None
+
+    @property
+    def draws(self) -> int:
+        return 1 if self.l1_gap_draws is None else len(self.l1_gap_draws)
 
     @property
     def on_flow(self) -> np.ndarray:
@@ -191,8 +194,8 @@ def track_run(
     times_of = _flow_times(run_dir)
     snaps = [(it, p) for it, p in snaps if it in times_of]
 
-    per_draw = [_snapshot_samples(run, snaps, int(n), _draw_seed(seed, r), draw=r)
-                for r in range(draws)]
+    seeds = [_draw_seed(seed, r) for r in range(draws)]
+    per_draw = _snapshot_samples(run, snaps, int(n), seeds)
     samples = per_draw[0]
     n = min(len(x) for x in samples)
 
@@ -222,14 +225,14 @@ def track_run(
         save_at=[t for t in times if t > 0], progress=progress,
     )
     each = [_gaps(pde, grid, times, xs, bws if r == 0 else [cv_bandwidth(x) for x in xs],
-                  int(n), _draw_seed(seed, r)) for r, xs in enumerate(per_draw)]
+                  int(n), seeds[r]) for r, xs in enumerate(per_draw)]
     gaps = {k: np.mean([g[k] for g in each], axis=0) for k in each[0]}
     return TrackingResult(
         run_dir=run_dir, divergence=cfg["divergence"], iterations=np.array([s[0] for s in snaps]),
         times=times, **gaps, bandwidths=np.array(bws),
         n_samples=int(n), pde=pde, samples=[x.numpy() for x in samples],
         start="init law" if start is not None else "KDE of the iteration-0 samples",
-        draws=draws, l1_gap_draws=np.array([g["l1_gap"] for g in each]),
+        l1_gap_draws=np.array([g["l1_gap"] for g in each]),
         l1_floor_draws=np.array([g["l1_floor"] for g in each]),
     )
 
@@ -239,27 +242,30 @@ def _draw_seed(seed: int, draw: int) -> int:
     return seed + 7919 * draw
 
 
-def _snapshot_samples(run, snaps: list[tuple[int, Path]], n: int, seed: int,
-                      draw: int = 0) -> list:
-    """n samples (float64) of each snapshot: the generator saved there, or its particles
-    (the first n for draw 0, a random subsample of n for a later draw)."""
-    samples = []
+def _snapshot_samples(run, snaps: list[tuple[int, Path]], n: int, seeds: list[int]) -> list:
+    """Per draw (one seed each), n samples (float64) of each snapshot: the generator saved
+    there, or its particles (the first n for draw 0, a random subsample of n for a later
+    draw). Each snapshot is loaded once for all draws."""
+    per_draw: list[list] = [[] for _ in seeds]
     for _, path in snaps:
-        if path.name.startswith("P-"):
-            # the snapshot's particles are exchangeable: its first n are a uniform subsample
-            x = load_file(str(path))["particles"].double()
-            if draw > 0:
-                x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
-            x = x[:n]
-        else:
-            run.G.load_state_dict(load_file(str(path)))
-            z = run.sample_latent(n, torch.Generator().manual_seed(seed))
-            with torch.no_grad():
-                x = run.G(z).double().cpu()
-        if not torch.isfinite(x).all():
-            raise GanflowError(f"snapshot {path.name} holds or produces NaN/Inf samples")
-        samples.append(x)
-    return samples
+        state = load_file(str(path))
+        if path.name.startswith("G-"):
+            run.G.load_state_dict(state)
+        for r, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(seed)
+            if path.name.startswith("P-"):
+                # the snapshot's particles are exchangeable: its first n are a uniform subsample
+                x = state["particles"].double()
+                if r > 0:
+                    x = x[torch.randperm(len(x), generator=gen)]
+                x = x[:n]
+            else:
+                with torch.no_grad():
+                    x = run.G(run.sample_latent(n, gen)).double().cpu()
+            if not torch.isfinite(x).all():
+                raise GanflowError(f"snapshot {path.name} holds or produces NaN/Inf samples")
+            per_draw[r].append(x)
+    return per_draw
 
 
 def _gaps(pde, grid: Grid, times, samples, bws, n: int, seed: int) -> dict[str, np.ndarray]:
