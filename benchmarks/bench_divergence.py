@@ -92,6 +92,17 @@ CONFIGS: dict[str, dict] = {
     # the fit on 2048 pairs): a less noisy discriminator step at the same learning rate
     "SGD flow-map, Adam fit, re-pair 25, batch 2048": {
         **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "batch_size": 2048},
+    # the particles (and the pairs' particles) moved by the drift of an exponential moving
+    # average of D's SGD iterates (--drift-average): D trains as in every other row, the
+    # drift averages out its steps' noise
+    "SGD particles, D average 0.9": {**SGD, "method": "particles",
+                                     "particle_init": "generator", "drift_average": 0.9},
+    "SGD particles, D average 0.99": {**SGD, "method": "particles",
+                                      "particle_init": "generator", "drift_average": 0.99},
+    "SGD flow-map, Adam fit, re-pair 25, D average 0.9": {
+        **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "drift_average": 0.9},
+    "SGD flow-map, Adam fit, re-pair 25, D average 0.99": {
+        **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "drift_average": 0.99},
     # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
     "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
     "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},

@@ -198,3 +198,82 @@ def test_eps_decay_anneals_the_flow_step(tmp_path):
     assert res.flow_time == pytest.approx(15.25, rel=1e-12)
     with pytest.raises(GanflowError, match="--eps-decay must be in"):
         TrainConfig(eps_decay=0.0)
+
+
+# ------------------------------------------------------------------ --drift-average
+def test_averaged_drift_is_the_drift_of_the_ema_of_ds_iterates():
+    # two steps: the first update copies D, the second gives decay * D_1 + (1 - decay) * D_2
+    # (D_k: D's weights after the k-th calibration); the particles move by the drift of
+    # that average, computed here independently from the recorded iterates
+    from ganflow.particle_flow import drift_average
+
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+    opt = torch.optim.SGD(D.parameters(), lr=0.5)
+    avg = drift_average(D, 0.75)
+    cfg = StepConfig(eps=0.3, batch_size=64, d_steps=3)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 2, generator=gen) + 2
+
+    def step():
+        before = x.clone()
+        particle_step(D, opt, x, lambda m: torch.randn(m, 2, generator=gen),
+                      lambda m: torch.randint(0, len(x), (m,), generator=gen), cfg,
+                      average=avg)
+        return before, [p.detach().clone() for p in D.parameters()]
+
+    step()
+    before, d2 = step()
+    d1_then_2 = [p.detach().clone() for p in avg.module.parameters()]
+    D_ref = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+    assert int(avg.n_averaged) == 2
+    # the average is not D: the decay weighs the first iterate 0.75
+    assert max(float((a - b).abs().max()) for a, b in zip(d1_then_2, d2, strict=True)) > 1e-3
+    with torch.no_grad():
+        for p, a in zip(D_ref.parameters(), d1_then_2, strict=True):
+            p.copy_(a)
+    torch.testing.assert_close(x - before, 0.3 * discriminator_drift(D_ref, before),
+                               rtol=1e-5, atol=1e-6)
+    # and that average is 0.75 D_1 + 0.25 D_2, with D_1 recovered by a fresh replay
+    torch.manual_seed(0)
+    D1 = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+    opt1 = torch.optim.SGD(D1.parameters(), lr=0.5)
+    gen1 = torch.Generator().manual_seed(1)
+    x1 = torch.randn(500, 2, generator=gen1) + 2
+    particle_step(D1, opt1, x1, lambda m: torch.randn(m, 2, generator=gen1),
+                  lambda m: torch.randint(0, len(x1), (m,), generator=gen1), cfg,
+                  average=drift_average(D1, 0.75))
+    for a, p1, p2 in zip(d1_then_2, D1.parameters(), d2, strict=True):
+        torch.testing.assert_close(a, 0.75 * p1.detach() + 0.25 * p2, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="decay must be in"):
+        drift_average(D, 1.0)
+
+
+@pytest.mark.parametrize("method", ["particles", "flow-map"])
+def test_drift_average_changes_the_run_and_resumes_exactly(tmp_path, method):
+    extra = {"fit_steps": 2, "d_steps": 2, "d_warmup": 0} if method == "flow-map" else {}
+    cfg = TrainConfig(**{**TINY, "method": method, "optimizer": "sgd", "lr_d": 0.1,
+                         "lr_g": 1e-2, "drift_average": 0.9, **extra})
+    train(cfg, out=tmp_path / "full", progress=False)
+    train(cfg, out=tmp_path / "part", progress=False, stop_at=10)
+    resume(tmp_path / "part", progress=False)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    for r, s in zip(a, b, strict=True):
+        r.pop("seconds"), s.pop("seconds")
+        assert r == s  # exactly: the average of D's iterates is part of the checkpoint
+    # and it is used: the same run moved by D's own drift ends elsewhere
+    plain = TrainConfig(**{**cfg.to_dict(), "drift_average": 0.0})
+    train(plain, out=tmp_path / "plain", progress=False)
+    assert read_metrics(tmp_path / "plain")[-1]["energy"] != a[-1]["energy"]
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, True, float("nan")])
+def test_drift_average_refuses_a_bad_decay(bad):
+    with pytest.raises(GanflowError, match="--drift-average must be a decay in"):
+        TrainConfig(**{**TINY, "drift_average": bad})
+
+
+def test_drift_average_needs_particles():
+    with pytest.raises(GanflowError, match="--drift-average 0.9 .* needs --method particles "
+                                           "or flow-map, not 'flow'"):
+        TrainConfig(method="flow", drift_average=0.9)
