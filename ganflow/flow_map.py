@@ -113,7 +113,6 @@ def flow_map_step(
     iteration: int = 0,
     seed: int = 0,
     fit_loss: str = "mse",
-    average: nn.Module | None = None,
 ) -> StepInfo:
     r"""One iteration of the flow-map method (module docstring): calibrate, move, fit.
 
@@ -133,14 +132,11 @@ def flow_map_step(
             so that a resumed run re-pairs as one that never stopped.
         iteration: the number of iterations done before this one.
         fit_loss: the loss of :func:`fit_pairs` (:data:`FIT_LOSSES`).
-        average: the particles move by the drift of this average of D's iterates
-            (:func:`ganflow.particle_flow.drift_average`), updated here; None: D's own.
     Returns a :class:`StepInfo`: ``g_loss`` the mean fit loss, ``fit_ratio`` the RMS
     residual of the fit over the RMS move of this step (how many steps G lags behind its
     particles); ``drift_max`` NaN if some move was not finite (the caller must stop).
     """
-    info = particle_step(D, opt_d, particles, sample_data, pick, cfg, chunk=chunk,
-                         average=average)
+    info = particle_step(D, opt_d, particles, sample_data, pick, cfg, chunk=chunk)
     if repair_every > 0 and (iteration + 1) % repair_every == 0:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
         repair_pairs(G, latents, particles, gen, chunk=chunk)

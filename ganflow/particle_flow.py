@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .algorithm import (
     StepConfig,
@@ -38,17 +37,7 @@ from .algorithm import (
 )
 from .fitting import assignment_permutation
 
-__all__ = ["distil_step", "drift_average", "particle_step"]
-
-
-def drift_average(D: nn.Module, decay: float) -> AveragedModel:
-    r"""An exponential moving average of D's weights, theta_avg <- decay theta_avg +
-    (1 - decay) theta_D after every calibration (the first update copies D), for
-    :func:`particle_step`'s ``average``: a drift averaged over the last ~1/(1 - decay)
-    discriminators. ``decay`` in (0, 1)."""
-    if not (0 < decay < 1):
-        raise ValueError(f"decay must be in (0, 1), got {decay!r}")
-    return AveragedModel(D, multi_avg_fn=get_ema_multi_avg_fn(decay))
+__all__ = ["distil_step", "particle_step"]
 
 
 def particle_step(
@@ -60,7 +49,6 @@ def particle_step(
     cfg: StepConfig,
     *,
     chunk: int = 8192,
-    average: nn.Module | None = None,
 ) -> StepInfo:
     r"""One iteration of the particle method: calibrate D (21), move every particle (22).
 
@@ -72,11 +60,6 @@ def particle_step(
         pick: ``pick(m)`` returns m particle indices (LongTensor) for D's fake batch.
         cfg: the step options; ``method``, ``fit_steps`` and ``pairing`` are unused.
         chunk: particles per drift evaluation (bounds D's activation memory).
-        average: an average of D's iterates (:func:`drift_average`), or None. If given,
-            it is updated with D's weights after the calibration and the particles move
-            by ITS drift: D's iterates average out the noise of its stochastic steps
-            around the calibrated logit, as Polyak-Ruppert averaging does for any
-            stochastic approximation, while D itself keeps training as before.
     Returns a :class:`StepInfo` with ``g_loss`` NaN and ``fit_steps`` 0 (there is no fit);
     ``drift_max`` is NaN/Inf when some move was not finite (the caller must stop).
     """
@@ -88,10 +71,7 @@ def particle_step(
             tol=cfg.calib_tol if cfg.faithful else None, max_steps=cfg.calib_max_steps,
             penalty=cfg.d_penalty,
         )
-    if average is not None:
-        average.update_parameters(D)
-    drift = discriminator_drift(D if average is None else average, particles,
-                                divergence=cfg.divergence, chunk=chunk)
+    drift = discriminator_drift(D, particles, divergence=cfg.divergence, chunk=chunk)
     move, eps = controlled_move(drift, cfg)
     speed = drift.norm(dim=-1)
     drift_max = float(speed.max())

@@ -140,11 +140,6 @@ class TrainConfig:
     fit_optimizer: str | None = _opt(None, "flow-map: the optimizer of G's regression on "
                                      "the pairs, adam or sgd, at --lr-g (default: "
                                      "--optimizer).")
-    # a constant-step SGD discriminator scatters around the calibrated logit, and every
-    # particle moves by its drift (bench_divergence.py: particles lost modes under it)
-    drift_average: float = _opt(0.0, "particles / flow-map: move the particles by the "
-                                "drift of an exponential moving average of D's weights "
-                                "with this decay in [0, 1) (0: D's own drift).")
     particle_init: str = _opt("", "particles: start law: 'generator' (the untrained "
                               "generator's law), or any --data spec of the data's dimension "
                               "(default N(0, I), or the --init law).")
@@ -169,10 +164,6 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0 < v <= 1):
                 raise GanflowError(f"{flag(name)} must be in (0, 1], got {v!r}")
-        if not (isinstance(self.drift_average, int | float)
-                and not isinstance(self.drift_average, bool) and 0 <= self.drift_average < 1):
-            raise GanflowError(f"--drift-average must be a decay in [0, 1), got "
-                               f"{self.drift_average!r}")
         if not (0 <= self.beta1 < 1):
             raise GanflowError(f"--beta1 must be in [0, 1), got {self.beta1!r}")
         for name in ("width", "latent_dim", "iterations", "fit_steps", "d_steps"):

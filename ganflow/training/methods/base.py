@@ -59,14 +59,6 @@ def _refuse_distil(cfg) -> None:
                            f"particles, not {cfg.method!r}")
 
 
-def _refuse_particle_options(cfg) -> None:
-    """--drift-average moves particles: it needs a method that holds them."""
-    if cfg.drift_average:
-        raise GanflowError(f"--drift-average {cfg.drift_average} averages the drift that "
-                           f"moves particles: it needs --method particles or flow-map, not "
-                           f"{cfg.method!r}")
-
-
 def _refuse_flow_map_options(cfg) -> None:
     """--repair-every, --fit-loss and --fit-optimizer act on flow-map's pairs alone."""
     if cfg.repair_every:
@@ -108,7 +100,6 @@ class Method:
         """Refuse options this method cannot honour (called by TrainConfig)."""
         _refuse_distil(cfg)
         _refuse_flow_map_options(cfg)
-        _refuse_particle_options(cfg)
 
     # ------------------------------------------------------------ a new run
     def start(self) -> None:

@@ -57,14 +57,13 @@ class FlowMapMethod(HoldsParticles):
         self.latents, self.particles = initial_pairs(
             s.G, s.cfg.particles, s.cfg.latent_dim,
             torch.Generator().manual_seed(s.cfg.seed + 3), device=s.device)
-        self.start_average()
 
     def step(self) -> StepInfo:
         s = self.s
         return flow_map_step(s.G, s.D, s.opt_g, s.opt_d, self.latents, self.particles,
                              s.sample_data, self.pick, s.step_cfg,
                              repair_every=s.cfg.repair_every, iteration=s.iteration,
-                             seed=s.cfg.seed, fit_loss=s.cfg.fit_loss, average=self.average)
+                             seed=s.cfg.seed, fit_loss=s.cfg.fit_loss)
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:
@@ -85,9 +84,8 @@ class FlowMapMethod(HoldsParticles):
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"particles": self.particles.detach().cpu().contiguous(),
-                "latents": self.latents.detach().cpu().contiguous(), **self.average_tensors()}
+                "latents": self.latents.detach().cpu().contiguous()}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.particles = tensors["particles"].to(self.s.device)
         self.latents = tensors["latents"].to(self.s.device)
-        self.load_average(tensors)

@@ -16,17 +16,13 @@ import threading
 import time
 
 import torch
-from torch import nn
 
 from ..._errors import GanflowError, TrainingDivergedError
 from ..._io import write_json_atomic
 from ...algorithm import StepInfo
 from ...data import load_data
-from ...particle_flow import distil_step, drift_average, particle_step
+from ...particle_flow import distil_step, particle_step
 from .base import Method, _refuse_flow_map_options, register_method
-
-# the checkpoint's key prefix of the averaged discriminator
-_AVERAGE = "drift_average"
 
 # particles kept per snapshot: enough for `ganflow track`'s KDE (n = 5000 by default)
 # without writing N x d floats at every evaluation
@@ -41,30 +37,9 @@ def particle_subset(particles: torch.Tensor, n: int, gen: torch.Generator) -> to
 
 class HoldsParticles(Method):
     """What the methods that keep N particles as state share: at least two of them, D's
-    fake batches and the fit batches drawn from them, a NaN check before saving, and
-    ``--drift-average``'s average of D's iterates (part of every checkpoint)."""
+    fake batches and the fit batches drawn from them, and a NaN check before saving."""
 
     particles: torch.Tensor | None
-    average: nn.Module | None = None
-
-    def start_average(self) -> None:
-        """Make the average of D's iterates that moves the particles (None: D moves them);
-        its first update, in the first step, copies D."""
-        decay = self.s.cfg.drift_average
-        self.average = drift_average(self.s.D, decay) if decay else None
-
-    def average_tensors(self) -> dict[str, torch.Tensor]:
-        if self.average is None:
-            return {}
-        return {f"{_AVERAGE}.{k}": v.detach().cpu().contiguous()
-                for k, v in self.average.state_dict().items()}
-
-    def load_average(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.start_average()
-        if self.average is not None:
-            prefix = _AVERAGE + "."
-            self.average.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                                          if k.startswith(prefix)})
 
     @staticmethod
     def check_particle_count(cfg) -> None:
@@ -103,7 +78,6 @@ class ParticleMethod(HoldsParticles):
 
     def start(self) -> None:
         self.particles = self._initial_particles().to(self.s.device)
-        self.start_average()
 
     def _initial_particles(self) -> torch.Tensor:
         s, cfg = self.s, self.s.cfg
@@ -129,8 +103,7 @@ class ParticleMethod(HoldsParticles):
     def step(self) -> StepInfo:
         self.distilled = False  # the particles move on from any distilled G
         s = self.s
-        return particle_step(s.D, s.opt_d, self.particles, s.sample_data, self.pick, s.step_cfg,
-                             average=self.average)
+        return particle_step(s.D, s.opt_d, self.particles, s.sample_data, self.pick, s.step_cfg)
 
     # ------------------------------------------------------------ samples
     def max_draw(self) -> int | None:
@@ -172,15 +145,13 @@ class ParticleMethod(HoldsParticles):
 
     # ------------------------------------------------------------ checkpoints
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"particles": self.particles.detach().cpu().contiguous(),
-                **self.average_tensors()}
+        return {"particles": self.particles.detach().cpu().contiguous()}
 
     def state_meta(self) -> dict:
         return {"distilled": self.distilled}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.particles = tensors["particles"].to(self.s.device)
-        self.load_average(tensors)
         self.distilled = bool(meta.get("distilled", False))
 
     # ------------------------------------------------------------ distillation
