@@ -115,7 +115,8 @@ def main() -> None:
             for name, metrics in block.items():
                 last = metrics[-1]
                 near = next((r for r in metrics if r["frechet_distance"] <= 2 * best), None)
-                rows.append({"data": args.data, "seed": seed, "method": name, "status": runs[name]["status"],
+                rows.append({"data": args.data, "seed": seed, "method": name,
+                             "status": runs[name]["status"],
                              "iteration": last["iteration"], "seconds": last["seconds"],
                              "frechet_distance": last["frechet_distance"],
                              "fd_floor": last["frechet_distance_floor"],
@@ -125,6 +126,11 @@ def main() -> None:
                                                   if r["seconds"] <= wall][-1][
                                                       "frechet_distance"],
                              "classes": last["class_coverage"], "class_kl": last["class_kl"],
+                             # flow-map: its pairs' particles, beside its generator
+                             "particles_fd": last.get("particles_frechet_distance"),
+                             "particles_fd_trace": [r.get("particles_frechet_distance")
+                                                    for r in metrics],
+                             "fd_trace": [r["frechet_distance"] for r in metrics],
                              "s_to_2x_best_fd": near["seconds"] if near else None})
                 curves[(seed, name)] = [(r["seconds"], r["frechet_distance"],
                                          r["class_coverage"]) for r in metrics]

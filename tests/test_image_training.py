@@ -60,3 +60,20 @@ def test_particles_on_images(tmp_path):
     res = train(cfg, out=tmp_path / "p", progress=False)
     assert res.status == "finished" and res.metrics["n_eval"] == 100
     assert "frechet_distance" in res.metrics
+
+
+def test_flow_map_on_images_reports_its_particles(tmp_path):
+    # the pairs' particles get the image metrics next to the generator's, so a run shows
+    # whether the flow's state or the regression on it limits the samples
+    cfg = TrainConfig(**{**SHORT, "method": "flow-map", "particles": 300, "iterations": 4,
+                         "eval_every": 2, "eval_samples": 100, "w2_samples": 50,
+                         "d_warmup": 2, "d_steps": 1, "fit_steps": 2})
+    train(cfg, out=tmp_path / "fm", progress=False)
+    rows = read_metrics(tmp_path / "fm")
+    assert [r["iteration"] for r in rows] == [0, 2, 4]
+    for r in rows:
+        assert r["particles_frechet_distance"] > 0 and r["frechet_distance"] > 0
+        assert 1 <= r["particles_class_coverage"] <= 10
+    # at iteration 0 the particles are G_0's own outputs: the same law, other draws
+    assert rows[0]["pair_rms"] == 0.0
+    assert rows[-1]["particles_frechet_distance"] != rows[-1]["frechet_distance"]

@@ -21,7 +21,7 @@ from ..metrics import energy_distance, mode_metrics, w2
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["evaluate", "sample_metrics"]
+__all__ = ["evaluate", "image_sample_metrics", "sample_metrics"]
 
 
 @torch.no_grad()
@@ -40,14 +40,16 @@ def sample_metrics(s: Session, *, use_generator: bool = False) -> dict:
     if s.data.mixture is not None:
         out.update(mode_metrics(fake, s.data.mixture))
     if s.data.image_shape is not None:
-        out.update(_image_metrics(s, fake))
+        out.update(image_sample_metrics(s, fake))
     out["energy"] = energy_distance(fake, held.double())
     k = min(cfg.w2_samples, n)
     out["w2"] = w2(fake[:k], held[:k].double())
     return out
 
 
-def _image_metrics(s: Session, fake: torch.Tensor) -> dict:
+def image_sample_metrics(s: Session, fake: torch.Tensor) -> dict:
+    """Image metrics of ``fake`` (n, c*h*w): ``frechet_distance`` (and its floor),
+    ``class_coverage``, ``class_kl``."""
     # Frechet distance and class coverage in the feature space of ganflow's own
     # classifier (trained once per data set and cached: ganflow.metrics.features)
     from ..metrics.features import image_metrics

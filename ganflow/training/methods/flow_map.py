@@ -6,7 +6,8 @@ The pairs (z_i, x_i), x_i(0) = G_0(z_i), are part of every checkpoint; the sampl
 G's. Every ``repair_every`` iterations the pairs are re-paired by minibatch optimal
 transport (:func:`ganflow.flow_map.repair_pairs`): the particles' law is kept, and G
 regresses on a map it can fit. Each evaluation also reports the pairs' own particles
-(``particles_modes``, ``particles_hq``, ``particles_mode_kl`` on a fixed subsample) and
+(``particles_modes``, ``particles_hq``, ``particles_mode_kl`` on a fixed subsample; on
+images ``particles_frechet_distance``, ``particles_class_coverage``, ``particles_class_kl``) and
 ``pair_rms``, the RMS |G(z_i) - x_i|: how far the generator is from the flow's state.
 """
 
@@ -18,6 +19,7 @@ from ..._errors import GanflowError
 from ...algorithm import StepInfo
 from ...flow_map import FIT_LOSSES, flow_map_step, initial_pairs
 from ...metrics import mode_metrics
+from ..evaluate import image_sample_metrics
 from .base import _refuse_distil, register_method
 from .particles import HoldsParticles, particle_subset
 
@@ -70,12 +72,18 @@ class FlowMapMethod(HoldsParticles):
         s = self.s
         z, x = self.latents[:2500], self.particles[:2500]
         out = {"pair_rms": float((s.G(z) - x).pow(2).sum(-1).mean().sqrt())}
+        n = min(s.cfg.eval_samples, self.particles.shape[0])
+        sub = particle_subset(self.particles, n,
+                              torch.Generator().manual_seed(s.cfg.seed + 1)).double().cpu()
+        own: dict = {}
         if s.data.mixture is not None:
-            n = min(s.cfg.eval_samples, self.particles.shape[0])
-            sub = particle_subset(self.particles, n,
-                                  torch.Generator().manual_seed(s.cfg.seed + 1))
-            out.update({f"particles_{k}": v for k, v in
-                        mode_metrics(sub.double().cpu(), s.data.mixture).items()})
+            own.update(mode_metrics(sub, s.data.mixture))
+        if s.data.image_shape is not None:
+            # the particles' Frechet distance next to G's: whether the flow's state or
+            # the regression on it limits the generator on images
+            own.update({k: v for k, v in image_sample_metrics(s, sub).items()
+                        if k != "frechet_distance_floor"})
+        out.update({f"particles_{k}": v for k, v in own.items()})
         return out
 
     def summary_lines(self) -> list[str]:
