@@ -43,11 +43,7 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow-map": FLOW_MAP,
            # 3 fit steps instead of 10: a cheaper iteration, so more of them in an
            # equal-wall comparison
-           "flow-map F3": {**FLOW_MAP, "fit_steps": 3},
-           # fresh latents at every re-pairing (every 100 iterations, or 25): G sees new
-           # latents instead of the same N all run
-           "flow-map refresh": {**FLOW_MAP, "refresh_latents": True},
-           "flow-map refresh 25": {**FLOW_MAP, "refresh_latents": True, "repair_every": 25}}
+           "flow-map F3": {**FLOW_MAP, "fit_steps": 3}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:

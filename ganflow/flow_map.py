@@ -113,7 +113,6 @@ def flow_map_step(
     iteration: int = 0,
     seed: int = 0,
     fit_loss: str = "mse",
-    refresh_latents: bool = False,
 ) -> StepInfo:
     r"""One iteration of the flow-map method (module docstring): calibrate, move, fit.
 
@@ -133,8 +132,6 @@ def flow_map_step(
             so that a resumed run re-pairs as one that never stopped.
         iteration: the number of iterations done before this one.
         fit_loss: the loss of :func:`fit_pairs` (:data:`FIT_LOSSES`).
-        refresh_latents: each re-pairing draws fresh latents first (:func:`repair_pairs`'s
-            ``fresh_latents``).
     Returns a :class:`StepInfo`: ``g_loss`` the mean fit loss, ``fit_ratio`` the RMS
     residual of the fit over the RMS move of this step (how many steps G lags behind its
     particles); ``drift_max`` NaN if some move was not finite (the caller must stop).
@@ -142,7 +139,7 @@ def flow_map_step(
     info = particle_step(D, opt_d, particles, sample_data, pick, cfg, chunk=chunk)
     if repair_every > 0 and (iteration + 1) % repair_every == 0:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
-        repair_pairs(G, latents, particles, gen, chunk=chunk, fresh_latents=refresh_latents)
+        repair_pairs(G, latents, particles, gen, chunk=chunk)
     g_loss = fit_pairs(G, opt_g, latents, particles, pick, batch_size=cfg.batch_size,
                        steps=cfg.fit_steps, loss=fit_loss)
     move = info.flow_time * info.drift_rms
@@ -161,16 +158,9 @@ def repair_pairs(
     *,
     block: int = REPAIR_BLOCK,
     chunk: int = 8192,
-    fresh_latents: bool = False,
 ) -> tuple[float, float]:
     r"""Re-pair the z_i with the x_i by minibatch optimal transport; permutes ``particles``
     IN PLACE and returns the RMS residual |G(z_i) - x_i| before and after.
-
-    With ``fresh_latents`` the z_i are first replaced IN PLACE by a fresh draw of N(0, I)
-    (from ``generator``), and the x_i are paired with the new ones. The particles, so the
-    flow's state, are again only permuted; G, which would otherwise see the same N
-    latents for the whole run, is regressed on new ones after every re-pairing, so that
-    it learns a map of the latent LAW rather than of N points of it.
 
     The pairs are split into random blocks of ``block`` (the split drawn by ``generator``,
     a CPU generator); within each block the x_i are permuted by the assignment that
@@ -182,8 +172,6 @@ def repair_pairs(
     (cyclically monotone with respect to them), which a continuous G can fit.
     """
     n = latents.shape[0]
-    if fresh_latents:
-        latents.copy_(torch.randn(latents.shape, generator=generator).to(latents))
     gz = torch.cat([G(latents[s:s + chunk]) for s in range(0, n, chunk)])
     before = float((gz - particles).pow(2).sum(-1).mean().sqrt())
     order = torch.randperm(n, generator=generator).to(latents.device)

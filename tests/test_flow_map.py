@@ -151,13 +151,11 @@ def test_flow_map_run_with_a_learned_discriminator(tmp_path):
         assert abs(float(g.var()) - v) < 0.06, (t, float(g.var()), v)
 
 
-@pytest.mark.parametrize("refresh", [False, True])
-def test_flow_map_resume_gives_the_same_metrics(tmp_path, refresh):
+def test_flow_map_resume_gives_the_same_metrics(tmp_path):
     cfg = TrainConfig(data="ring8", method="flow-map", width=16, depth=2, batch_size=32,
                       iterations=30, eval_every=10, eval_samples=200, w2_samples=100,
                       particles=300, d_steps=2, fit_steps=2, init="normal:0,0:1",
-                      repair_every=7,  # re-pairs at 7 and 14, on both sides of the stop
-                      refresh_latents=refresh)
+                      repair_every=7)  # re-pairs at 7 and 14, on both sides of the stop
     train(cfg, out=tmp_path / "full", progress=False)
     part = train(cfg, out=tmp_path / "part", progress=False, stop_at=10)
     assert part.iteration == 10
@@ -166,10 +164,6 @@ def test_flow_map_resume_gives_the_same_metrics(tmp_path, refresh):
     keys = ("iteration", "flow_time", "energy", "w2", "pair_rms", "d_loss", "g_loss")
     assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in b]
     assert a[-1]["pair_rms"] is not None and a[-1]["g_loss"] is not None
-    # the run's latents are its first draw (seed + 3) unless they are refreshed
-    first = torch.randn(300, 2, generator=torch.Generator().manual_seed(cfg.seed + 3))
-    latents = load_run(tmp_path / "full").session.method.latents
-    assert torch.equal(latents, first) is not refresh
     torch.testing.assert_close(sample_run(tmp_path / "full", 50), sample_run(tmp_path / "part", 50),
                                rtol=0, atol=0)
 
@@ -214,32 +208,6 @@ def test_repair_pairs_keeps_the_particles_and_undoes_a_scramble():
     torch.testing.assert_close(x, target, rtol=0, atol=0)
 
 
-def test_repair_with_fresh_latents_renews_z_and_keeps_the_particles():
-    torch.manual_seed(0)
-    G = make_generator(2, 2, width=16, depth=2)
-    z = torch.randn(600, 2)
-    x = torch.randn(600, 2) * 2 + 1
-    z_before, x_sorted = z.clone(), x[x[:, 0].argsort()].clone()
-    gen = torch.Generator().manual_seed(5)
-    _, after = repair_pairs(G, z, x, gen, block=600, fresh_latents=True)
-    # the latents are a new draw of N(0, I): none is kept, their moments are N(0, I)'s
-    # (600 draws: the standard error of a mean is 0.04, of a std 0.03; 5 of them allowed)
-    assert not torch.isclose(z, z_before).all(-1).any()
-    torch.testing.assert_close(z.mean(0), torch.zeros(2), rtol=0, atol=0.2)
-    torch.testing.assert_close(z.std(0), torch.ones(2), rtol=0, atol=0.15)
-    # the same draw a generator seeded alike gives: a resumed run renews identically
-    torch.testing.assert_close(z, torch.randn(600, 2, generator=torch.Generator().manual_seed(5)),
-                               rtol=0, atol=0)
-    # the particles are only permuted, and optimally for the new latents (one block: the
-    # exact assignment), so no other pairing of them has a smaller residual
-    assert torch.equal(x[x[:, 0].argsort()], x_sorted)
-    with torch.no_grad():
-        gz = G(z)
-    shuffled = x[torch.randperm(600, generator=torch.Generator().manual_seed(6))]
-    assert after <= float((gz - shuffled).pow(2).sum(-1).mean().sqrt())
-    assert after == pytest.approx(float((gz - x).pow(2).sum(-1).mean().sqrt()))
-
-
 def test_flow_map_refusals(tmp_path):
     with pytest.raises(GanflowError, match="chi2"):
         TrainConfig(method="flow-map", divergence="chi2")
@@ -247,10 +215,6 @@ def test_flow_map_refusals(tmp_path):
         TrainConfig(method="flow", repair_every=100)
     with pytest.raises(GanflowError, match="repair-every"):
         TrainConfig(method="flow-map", repair_every=-1)
-    with pytest.raises(GanflowError, match="--refresh-latents renews flow-map's .* not 'gan'"):
-        TrainConfig(method="gan", refresh_latents=True)
-    with pytest.raises(GanflowError, match="needs --repair-every > 0, got --repair-every 0"):
-        TrainConfig(method="flow-map", refresh_latents=True, repair_every=0)
     with pytest.raises(GanflowError, match="--fit-loss l1 is flow-map's"):
         TrainConfig(method="flow", fit_loss="l1")
     with pytest.raises(GanflowError, match="unknown --fit-loss 'huber'"):

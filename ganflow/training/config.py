@@ -132,10 +132,6 @@ class TrainConfig:
                                     "minibatch optimal transport every this many "
                                     "iterations (0: never, G then regresses on the flow "
                                     "map itself); default 100.")
-    # G sees only N latents otherwise, and interpolates between them at fresh z
-    refresh_latents: bool = _opt(False, "flow-map: at every re-pairing draw fresh latents "
-                                 "and pair the particles with them (G learns the latent "
-                                 "law, not N points of it).")
     fit_loss: str | None = _opt(None, "flow-map: the regression of G on the pairs: l1 "
                                 "(|G(z) - x|, a median: G lands on a mode) or mse "
                                 "(|G(z) - x|^2, a mean); default l1.")

@@ -60,17 +60,13 @@ def _refuse_distil(cfg) -> None:
 
 
 def _refuse_flow_map_options(cfg) -> None:
-    """--repair-every, --refresh-latents, --fit-loss and --fit-optimizer act on flow-map's
-    pairs alone."""
+    """--repair-every, --fit-loss and --fit-optimizer act on flow-map's pairs alone."""
     if cfg.repair_every:
         raise GanflowError(f"--repair-every re-pairs flow-map's latent-particle pairs: it "
                            f"needs --method flow-map, not {cfg.method!r}")
     if cfg.fit_loss not in (None, "mse"):
         raise GanflowError(f"--fit-loss {cfg.fit_loss} is flow-map's regression on its pairs: "
                            f"it needs --method flow-map, not {cfg.method!r}")
-    if cfg.refresh_latents:
-        raise GanflowError(f"--refresh-latents renews flow-map's latent-particle pairs: it "
-                           f"needs --method flow-map, not {cfg.method!r}")
     if cfg.fit_optimizer is not None:
         raise GanflowError(f"--fit-optimizer {cfg.fit_optimizer} chooses flow-map's regression "
                            f"solver: it needs --method flow-map, not {cfg.method!r} (whose "

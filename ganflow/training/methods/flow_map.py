@@ -47,9 +47,6 @@ class FlowMapMethod(HoldsParticles):
             raise GanflowError(f"unknown --fit-loss {cfg.fit_loss!r}: expected one of "
                                f"{list(FIT_LOSSES)}")
         cls.check_particle_count(cfg)
-        if cfg.refresh_latents and cfg.repair_every == 0:
-            raise GanflowError("--refresh-latents draws fresh latents at each re-pairing: "
-                               "it needs --repair-every > 0, got --repair-every 0")
         if cfg.divergence == "chi2":
             raise GanflowError(
                 "--method flow-map refuses --divergence chi2: its drift 2 e^(-f) grad f is "
@@ -68,8 +65,7 @@ class FlowMapMethod(HoldsParticles):
         return flow_map_step(s.G, s.D, s.opt_g, s.opt_d, self.latents, self.particles,
                              s.sample_data, self.pick, s.step_cfg,
                              repair_every=s.cfg.repair_every, iteration=s.iteration,
-                             seed=s.cfg.seed, fit_loss=s.cfg.fit_loss,
-                             refresh_latents=s.cfg.refresh_latents)
+                             seed=s.cfg.seed, fit_loss=s.cfg.fit_loss)
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:
