@@ -96,6 +96,8 @@ CONFIGS: dict[str, dict] = {
     # step decaying to 0.1 (fewer late mode changes of the particles)
     "SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1": {
         **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "batch_size": 2048, "eps_decay": 0.1},
+    # Algorithm 1 with the same batch and step schedule, for contrast
+    "SGD K=1 index, batch 2048, eps decay 0.1": {**SGD, "batch_size": 2048, "eps_decay": 0.1},
     # the KL flow simulated faithfully: D calibrated (SGD steps until its held-out loss
     # stalls, at most 20) and the step cut by the CFL rule; with and without D's warm-up
     "SGD particles KL faithful": {**SGD, "method": "particles", "particle_init": "generator",
