@@ -43,7 +43,10 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow-map": FLOW_MAP,
            # 3 fit steps instead of 10: a cheaper iteration, so more of them in an
            # equal-wall comparison
-           "flow-map F3": {**FLOW_MAP, "fit_steps": 3}}
+           "flow-map F3": {**FLOW_MAP, "fit_steps": 3},
+           # the regression converged further (30 steps), and by the MSE instead of L1
+           "flow-map F30": {**FLOW_MAP, "fit_steps": 30},
+           "flow-map mse": {**FLOW_MAP, "fit_loss": "mse"}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:
