@@ -41,6 +41,7 @@ from _interleave import (
     quality_row,
     run_interleaved,
 )
+from bench_divergence import CONFIGS as DIVERGENCE_CONFIGS
 
 from ganflow.algorithm import StepConfig, algorithm_step
 from ganflow.data import load_data
@@ -81,11 +82,8 @@ METHODS: dict[str, dict] = {
     # the configuration that converged in 6 of 6 seeds under bench_divergence.py's SGD
     # discriminator (one constant SGD step of 0.1), G regressed by Adam, re-paired every 25
     # iterations, batches of 2048, eps decaying from 1 to 0.1
-    "flow-map SGD D, batch 2048": {"method": "flow-map", "optimizer": "sgd", "lr_d": 0.1,
-                                   "lr_g": 1e-3, "lr_decay": 1.0, "d_steps": 1,
-                                   "d_warmup": 0, "fit_steps": 10, "fit_optimizer": "adam",
-                                   "repair_every": 25, "batch_size": 2048,
-                                   "eps_decay": 0.1},
+    "flow-map SGD D, batch 2048": DIVERGENCE_CONFIGS[
+        "SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1"],
 }
 
 

@@ -7,8 +7,9 @@ G's. Every ``repair_every`` iterations the pairs are re-paired by minibatch opti
 transport (:func:`ganflow.flow_map.repair_pairs`): the particles' law is kept, and G
 regresses on a map it can fit. Each evaluation also reports the pairs' own particles
 (``particles_modes``, ``particles_hq``, ``particles_mode_kl`` on a fixed subsample; on
-images ``particles_frechet_distance``, ``particles_class_coverage``, ``particles_class_kl``) and
-``pair_rms``, the RMS |G(z_i) - x_i|: how far the generator is from the flow's state.
+images ``particles_frechet_distance``, ``particles_class_coverage``,
+``particles_class_kl``) and ``pair_rms``, the RMS |G(z_i) - x_i|: how far the generator
+is from the flow's state.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class FlowMapMethod(HoldsParticles):
         s = self.s
         z, x = self.latents[:2500], self.particles[:2500]
         out = {"pair_rms": float((s.G(z) - x).pow(2).sum(-1).mean().sqrt())}
+        if s.data.mixture is None and s.data.image_shape is None:
+            return out  # no metrics of its own for the particles of other data
         n = min(s.cfg.eval_samples, self.particles.shape[0])
         sub = particle_subset(self.particles, n,
                               torch.Generator().manual_seed(s.cfg.seed + 1)).double().cpu()
