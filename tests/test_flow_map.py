@@ -161,9 +161,17 @@ def test_flow_map_resume_gives_the_same_metrics(tmp_path):
     assert part.iteration == 10
     resume(tmp_path / "part", progress=False)
     a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
-    keys = ("iteration", "flow_time", "energy", "w2", "pair_rms", "d_loss", "g_loss")
+    keys = ("iteration", "flow_time", "energy", "w2", "pair_rms", "d_loss", "g_loss",
+            "particles_hq", "pairs_hq", "pairs_mode_kl")
     assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in b]
     assert a[-1]["pair_rms"] is not None and a[-1]["g_loss"] is not None
+    # G at the pairs' latents is scored on the particles' subsample: at iteration 0 the
+    # particles ARE G_0 at those latents, so the two agree (to float rounding of G's batch)
+    assert a[0]["pairs_modes"] == a[0]["particles_modes"]
+    assert a[0]["pairs_hq"] == a[0]["particles_hq"]
+    assert a[0]["pairs_mode_kl"] == pytest.approx(a[0]["particles_mode_kl"], rel=1e-9, abs=1e-12)
+    # later the regression has not caught up with its particles (a fit of 2 steps)
+    assert a[-1]["pair_rms"] > 0
     torch.testing.assert_close(sample_run(tmp_path / "full", 50), sample_run(tmp_path / "part", 50),
                                rtol=0, atol=0)
 

@@ -77,3 +77,8 @@ def test_flow_map_on_images_reports_its_particles(tmp_path):
     # at iteration 0 the particles are G_0's own outputs: the same law, other draws
     assert rows[0]["pair_rms"] == 0.0
     assert rows[-1]["particles_frechet_distance"] != rows[-1]["frechet_distance"]
+    # G at the pairs' latents, scored on the same subsample as its particles: equal to
+    # them at iteration 0 (x_i = G_0(z_i); float rounding of G's batch aside)
+    assert rows[0]["pairs_frechet_distance"] == pytest.approx(
+        rows[0]["particles_frechet_distance"], rel=1e-6)
+    assert rows[-1]["pairs_frechet_distance"] != rows[-1]["particles_frechet_distance"]

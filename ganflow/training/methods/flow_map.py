@@ -8,8 +8,10 @@ transport (:func:`ganflow.flow_map.repair_pairs`): the particles' law is kept, a
 regresses on a map it can fit. Each evaluation also reports the pairs' own particles
 (``particles_modes``, ``particles_hq``, ``particles_mode_kl`` on a fixed subsample; on
 images ``particles_frechet_distance``, ``particles_class_coverage``,
-``particles_class_kl``) and ``pair_rms``, the RMS |G(z_i) - x_i|: how far the generator
-is from the flow's state.
+``particles_class_kl``), the same of G at the pairs' latents (``pairs_modes``, ...,
+``pairs_frechet_distance``: the fit's error where G is trained, apart from its
+generalisation to fresh latents) and ``pair_rms``, the RMS |G(z_i) - x_i|: how far the
+generator is from the flow's state.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ...flow_map import FIT_LOSSES, flow_map_step, initial_pairs
 from ...metrics import mode_metrics
 from ..evaluate import image_sample_metrics
 from .base import _refuse_distil, register_method
-from .particles import HoldsParticles, particle_subset
+from .particles import HoldsParticles, subset_index
 
 
 @register_method("flow-map")
@@ -76,17 +78,21 @@ class FlowMapMethod(HoldsParticles):
         if s.data.mixture is None and s.data.image_shape is None:
             return out  # no metrics of its own for the particles of other data
         n = min(s.cfg.eval_samples, self.particles.shape[0])
-        sub = particle_subset(self.particles, n,
-                              torch.Generator().manual_seed(s.cfg.seed + 1)).double().cpu()
-        own: dict = {}
-        if s.data.mixture is not None:
-            own.update(mode_metrics(sub, s.data.mixture))
-        if s.data.image_shape is not None:
-            # the particles' Frechet distance next to G's: whether the flow's state or
-            # the regression on it limits the generator on images
-            own.update({k: v for k, v in image_sample_metrics(s, sub).items()
-                        if k != "frechet_distance_floor"})
-        out.update({f"particles_{k}": v for k, v in own.items()})
+        idx = subset_index(self.particles.shape[0], n,
+                           torch.Generator().manual_seed(s.cfg.seed + 1)).to(s.device)
+        # the particles, and G at THEIR latents: particles -> pairs is the fit's error on
+        # the pairs it is trained on, pairs -> G's samples (fresh latents) its
+        # generalisation to latents it never saw
+        for prefix, sub in (("particles", self.particles[idx]),
+                            ("pairs", s.G(self.latents[idx]))):
+            sub = sub.double().cpu()
+            own: dict = {}
+            if s.data.mixture is not None:
+                own.update(mode_metrics(sub, s.data.mixture))
+            if s.data.image_shape is not None:
+                own.update({k: v for k, v in image_sample_metrics(s, sub).items()
+                            if k != "frechet_distance_floor"})
+            out.update({f"{prefix}_{k}": v for k, v in own.items()})
         return out
 
     def summary_lines(self) -> list[str]:

@@ -29,10 +29,14 @@ from .base import Method, _refuse_flow_map_options, register_method
 SNAPSHOT_PARTICLES = 20000
 
 
+def subset_index(n_total: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n distinct indices in [0, n_total) (n <= n_total), chosen by ``gen`` (on the CPU)."""
+    return torch.randperm(n_total, generator=gen)[:n]
+
+
 def particle_subset(particles: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """n distinct rows of ``particles`` (n <= N), chosen by ``gen``."""
-    idx = torch.randperm(particles.shape[0], generator=gen)[:n]
-    return particles[idx.to(particles.device)]
+    return particles[subset_index(particles.shape[0], n, gen).to(particles.device)]
 
 
 class HoldsParticles(Method):
