@@ -46,7 +46,16 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow-map F3": {**FLOW_MAP, "fit_steps": 3},
            # the regression converged further (30 steps), and by the MSE instead of L1
            "flow-map F30": {**FLOW_MAP, "fit_steps": 30},
-           "flow-map mse": {**FLOW_MAP, "fit_loss": "mse"}}
+           "flow-map mse": {**FLOW_MAP, "fit_loss": "mse"},
+           # the learning rates constant (lr1: --lr-decay 1), so that the fit does not
+           # freeze while its particles still move; with the MSE fit, re-pairing every 25
+           # iterations (r25) or a 3x larger fit step (g3: --lr-g 3e-3)
+           "flow-map lr1": {**FLOW_MAP, "lr_decay": 1.0},
+           "flow-map mse lr1": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0},
+           "flow-map mse lr1 r25": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
+                                    "repair_every": 25},
+           "flow-map mse lr1 g3": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
+                                   "lr_g": 3e-3}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:
@@ -131,6 +140,10 @@ def main() -> None:
                              "classes": last["class_coverage"], "class_kl": last["class_kl"],
                              # flow-map: its pairs' particles, beside its generator
                              "particles_fd": last.get("particles_frechet_distance"),
+                             # G at its pairs' own latents (flow-map)
+                             "pairs_fd": last.get("pairs_frechet_distance"),
+                             "pairs_fd_trace": [r.get("pairs_frechet_distance")
+                                                for r in metrics],
                              "particles_fd_trace": [r.get("particles_frechet_distance")
                                                     for r in metrics],
                              "fd_trace": [r["frechet_distance"] for r in metrics],
