@@ -79,6 +79,11 @@ METHODS: dict[str, dict] = {
                                     "fit_steps": 10, "eps_decay": 0.01, "repair_every": 100,
                                     "fit_loss": "l1", **extra}
        for tag, extra in (("", {}), (" R1", {"d_penalty": 0.1}))},
+    # the same with the two changes that lifted flow-map's ring8 HQ under the SGD
+    # discriminator: batches of 2048 and re-pairing every 25 iterations
+    "flow-map repair l1, batch 2048, re-pair 25": {
+        "method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10, "eps_decay": 0.01,
+        "repair_every": 25, "fit_loss": "l1", "batch_size": 2048},
     # the configuration that converged in 6 of 6 seeds under bench_divergence.py's SGD
     # discriminator (one constant SGD step of 0.1), G regressed by Adam, re-paired every 25
     # iterations, batches of 2048, eps decaying from 1 to 0.1
