@@ -55,7 +55,10 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow-map mse lr1 r25": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
                                     "repair_every": 25},
            "flow-map mse lr1 g3": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
-                                   "lr_g": 3e-3}}
+                                   "lr_g": 3e-3},
+           # and G at fresh latents pulled onto the nearest particle (--fit-nearest 1)
+           "flow-map mse lr1 g3 nn1": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
+                                       "lr_g": 3e-3, "fit_nearest": 1.0}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:

@@ -89,6 +89,10 @@ METHODS: dict[str, dict] = {
     # iterations, batches of 2048, eps decaying from 1 to 0.1
     "flow-map SGD D, batch 2048": DIVERGENCE_CONFIGS[
         "SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1"],
+    # the same with G at fresh latents pulled onto the nearest particle (--fit-nearest 1)
+    "flow-map SGD D, batch 2048, nearest 1": {
+        **DIVERGENCE_CONFIGS["SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1"],
+        "fit_nearest": 1.0},
 }
 
 

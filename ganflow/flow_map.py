@@ -9,7 +9,9 @@ N pairs (z_i, x_i) with x_i(0) = G_0(z_i), and one iteration is
 2. move every x_i by eps * m(e^{-f(x_i)}) grad f(x_i): one Euler step of ODE (2), the
    drift of eq. (20) / section 7 estimated by D (:func:`ganflow.particle_flow.particle_step`);
 3. K descent steps of G on (1/m) sum_i |G(z_i) - x_i|^2 (or, ``fit_loss`` "l1", on
-   (1/m) sum_i |G(z_i) - x_i|), each on a fresh random batch of m pairs (:func:`fit_pairs`).
+   (1/m) sum_i |G(z_i) - x_i|), each on a fresh random batch of m pairs (:func:`fit_pairs`);
+   with ``nearest`` = w > 0, plus w times the same loss of G at m FRESH latents z'
+   against the particle nearest to each G(z').
 
 The x_i are the particle solution of ODE (2) started from G_0's law; x_i(t) =
 X_t(G_0(z_i)), so G is regressed on the flow map G_t = X_t o G_0 itself, point by point.
@@ -39,8 +41,8 @@ from .algorithm import StepConfig, StepInfo
 from .fitting import assignment_permutation
 from .particle_flow import particle_step
 
-__all__ = ["FIT_LOSSES", "REPAIR_BLOCK", "fit_pairs", "flow_map_step", "initial_pairs",
-           "repair_pairs"]
+__all__ = ["FIT_LOSSES", "NEAREST_POOL", "REPAIR_BLOCK", "fit_pairs", "flow_map_step",
+           "initial_pairs", "repair_pairs"]
 
 # the losses of fit_pairs, as functions of the squared residuals |G(z_i) - x_i|^2 (m,):
 # "mse" regresses G on the conditional MEAN of its targets, "l1" (the Euclidean norm, not
@@ -50,6 +52,10 @@ FIT_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mse": lambda sq: sq.mean(),
     "l1": lambda sq: sq.add(1e-12).sqrt().mean(),  # + 1e-12: finite gradient at 0
 }
+
+# particles searched per step by the nearest-particle term of fit_pairs (all of them up
+# to this many, else a random subset): a (batch x pool) distance matrix per step
+NEAREST_POOL = 8192
 
 # pairs per block of repair_pairs: an assignment costs O(block^3), and larger blocks did no
 # better on ring8 (benchmarks/README.md, "flow-map")
@@ -78,19 +84,41 @@ def fit_pairs(
     batch_size: int,
     steps: int,
     loss: str = "mse",
+    nearest: float = 0.0,
+    sample_latent: Callable[[int], torch.Tensor] | None = None,
 ) -> float:
     r"""``steps`` descent steps of G on a fresh random batch of m = ``batch_size`` pairs
     each (``pick(m)`` gives their indices), on the :data:`FIT_LOSSES` ``loss`` of the
     residuals G(z_i) - x_i. Returns the mean squared residual (1/m) sum |G(z_i) - x_i|^2
     over the steps whatever the loss (each taken before its update), NaN if one was not
-    finite."""
+    finite.
+
+    With ``nearest`` = w > 0 each step adds w times the same loss of the residuals
+    G(z'_j) - x_{nn(j)} at m fresh latents z'_j = ``sample_latent(m)``, x_{nn(j)} the
+    particle nearest to G(z'_j) (among all of them, or :data:`NEAREST_POOL` drawn by
+    ``pick``). The pairs pin G down at N latents only; this term pulls G's samples at
+    every other latent onto the particles' support, where a continuous G interpolating
+    between pairs of two modes (or two images) would put them between. It is one-sided
+    (every sample near some particle, not every particle near some sample), so only the
+    pairs term keeps G's law from collapsing onto fewer modes, and a large w can
+    outweigh it: keep w of the order of 1."""
+    if nearest > 0 and sample_latent is None:
+        raise ValueError("fit_pairs: nearest > 0 needs sample_latent")
     fit = FIT_LOSSES[loss]
+    n = particles.shape[0]
     total = 0.0
     for _ in range(steps):
         idx = pick(batch_size)
         opt_g.zero_grad(set_to_none=True)
         sq = (G(latents[idx]) - particles[idx]).pow(2).sum(-1)
-        fit(sq).backward()
+        objective = fit(sq)
+        if nearest > 0:
+            pool = particles if n <= NEAREST_POOL else particles[pick(NEAREST_POOL)]
+            gz = G(sample_latent(batch_size))
+            with torch.no_grad():
+                target = pool[torch.cdist(gz, pool).argmin(1)]
+            objective = objective + nearest * fit((gz - target).pow(2).sum(-1))
+        objective.backward()
         opt_g.step()
         total += float(sq.detach().mean())
     mean = total / steps
@@ -113,6 +141,8 @@ def flow_map_step(
     iteration: int = 0,
     seed: int = 0,
     fit_loss: str = "mse",
+    fit_nearest: float = 0.0,
+    sample_latent: Callable[[int], torch.Tensor] | None = None,
 ) -> StepInfo:
     r"""One iteration of the flow-map method (module docstring): calibrate, move, fit.
 
@@ -132,6 +162,8 @@ def flow_map_step(
             so that a resumed run re-pairs as one that never stopped.
         iteration: the number of iterations done before this one.
         fit_loss: the loss of :func:`fit_pairs` (:data:`FIT_LOSSES`).
+        fit_nearest, sample_latent: the weight of :func:`fit_pairs`'s nearest-particle
+            term at fresh latents, and where they come from (0: off).
     Returns a :class:`StepInfo`: ``g_loss`` the mean fit loss, ``fit_ratio`` the RMS
     residual of the fit over the RMS move of this step (how many steps G lags behind its
     particles); ``drift_max`` NaN if some move was not finite (the caller must stop).
@@ -141,7 +173,8 @@ def flow_map_step(
         gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
         repair_pairs(G, latents, particles, gen, chunk=chunk)
     g_loss = fit_pairs(G, opt_g, latents, particles, pick, batch_size=cfg.batch_size,
-                       steps=cfg.fit_steps, loss=fit_loss)
+                       steps=cfg.fit_steps, loss=fit_loss, nearest=fit_nearest,
+                       sample_latent=sample_latent)
     move = info.flow_time * info.drift_rms
     info.g_loss = g_loss
     info.fit_steps = cfg.fit_steps

@@ -155,7 +155,8 @@ def test_flow_map_resume_gives_the_same_metrics(tmp_path):
     cfg = TrainConfig(data="ring8", method="flow-map", width=16, depth=2, batch_size=32,
                       iterations=30, eval_every=10, eval_samples=200, w2_samples=100,
                       particles=300, d_steps=2, fit_steps=2, init="normal:0,0:1",
-                      repair_every=7)  # re-pairs at 7 and 14, on both sides of the stop
+                      repair_every=7,  # re-pairs at 7 and 14, on both sides of the stop
+                      fit_nearest=0.5)  # its fresh latents come from the run's stream
     train(cfg, out=tmp_path / "full", progress=False)
     part = train(cfg, out=tmp_path / "part", progress=False, stop_at=10)
     assert part.iteration == 10
@@ -231,6 +232,11 @@ def test_flow_map_refusals(tmp_path):
         TrainConfig(method="gan", fit_optimizer="adam")
     with pytest.raises(GanflowError, match="unknown --fit-optimizer 'lbfgs'"):
         TrainConfig(method="flow-map", fit_optimizer="lbfgs")
+    with pytest.raises(GanflowError, match="--fit-nearest is a term of flow-map's"):
+        TrainConfig(method="flow", fit_nearest=1.0)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(GanflowError, match="--fit-nearest must be a finite number"):
+            TrainConfig(method="flow-map", fit_nearest=bad)
     with pytest.raises(GanflowError, match="init"):
         train(TrainConfig(data="ring8", method="flow-map", init="normal:0:1", iterations=2),
               out=tmp_path / "x", progress=False)
@@ -278,3 +284,32 @@ def test_fit_loss_mse_lands_between_two_modes_l1_on_one(loss, expected):
     # Adam's steps of ~lr = 0.01 jitter around the minimiser; hence 0.1 (the two answers
     # are 0.8 apart)
     assert abs(float(G.b) - expected) < 0.1, float(G.b)
+
+
+def test_fit_nearest_pulls_fresh_samples_onto_the_particles_closed_form():
+    # pairs at the latents -1 and +1 only, their particles at -2 and +2; an affine G(z) =
+    # a z + b. The pairs alone are fitted exactly by a = 2, b = 0, and fresh latents
+    # z ~ N(0, 1) then land anywhere between the modes. The nearest-particle term at
+    # fresh z (target 2 sign(G(z)) = 2 sign(z)) adds w E[(a z - 2 sign z)^2]; the MSE
+    # objective (a - 2)^2 + w (a^2 - 4 a E|z| + 4) is least at
+    # a* = (2 + 2 w E|z|) / (1 + w), E|z| = sqrt(2 / pi): 1.798 for w = 1
+    from ganflow.flow_map import fit_pairs
+
+    z = torch.cat([torch.full((500, 1), -1.0), torch.full((500, 1), 1.0)])
+    x = 2 * z
+    for w, expected in ((0.0, 2.0), (1.0, (2 + 2 * math.sqrt(2 / math.pi)) / 2)):
+        torch.manual_seed(0)
+        G = torch.nn.Linear(1, 1)
+        gen = torch.Generator().manual_seed(0)
+        fit_pairs(G, torch.optim.SGD(G.parameters(), lr=0.02), z, x,
+                  lambda m, g=gen: torch.randint(0, 1000, (m,), generator=g),
+                  batch_size=1000, steps=2000, loss="mse", nearest=w,
+                  sample_latent=lambda m, g=gen: torch.randn(m, 1, generator=g))
+        # fresh batches of 1000: the gradient's noise moves a by ~lr x 0.05 per step,
+        # averaged over ~1 / (2 lr) = 25 steps, so ~0.005; 0.02 is 4 x that, and the two
+        # answers are 0.2 apart
+        assert abs(float(G.weight.detach()) - expected) < 0.02, (w, float(G.weight.detach()))
+        assert abs(float(G.bias.detach())) < 0.02
+    with pytest.raises(ValueError, match="sample_latent"):
+        fit_pairs(G, torch.optim.SGD(G.parameters(), lr=0.02), z, x,
+                  lambda m: torch.randint(0, 1000, (m,)), batch_size=10, steps=1, nearest=1.0)

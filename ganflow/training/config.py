@@ -140,6 +140,10 @@ class TrainConfig:
     fit_optimizer: str | None = _opt(None, "flow-map: the optimizer of G's regression on "
                                      "the pairs, adam or sgd, at --lr-g (default: "
                                      "--optimizer).")
+    # the pairs constrain G at N latents only; between them a continuous G can put
+    # samples where no particle is (between modes, blends of images)
+    fit_nearest: float = _opt(0.0, "flow-map: weight of a second fit term that regresses G "
+                              "at FRESH latents on the nearest particle (0: off).")
     particle_init: str = _opt("", "particles: start law: 'generator' (the untrained "
                               "generator's law), or any --data spec of the data's dimension "
                               "(default N(0, I), or the --init law).")
@@ -178,6 +182,12 @@ class TrainConfig:
         for name in ("d_warmup", "repair_every"):
             if getattr(self, name) is not None:
                 _check_int(self, name, 0)
+        if not (isinstance(self.fit_nearest, int | float) and 0 <= self.fit_nearest < math.inf):
+            raise GanflowError(f"--fit-nearest must be a finite number >= 0, got "
+                               f"{self.fit_nearest!r}")
+        if self.fit_nearest > 0 and self.method != "flow-map":
+            raise GanflowError(f"--fit-nearest is a term of flow-map's regression; --method "
+                               f"{self.method!r} has none (use --method flow-map)")
         if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise GanflowError("--log tensorboard needs the tensorboard package: pip install "
                                "'ganflow[tensorboard]' (or use --log jsonl)")

@@ -68,7 +68,8 @@ class FlowMapMethod(HoldsParticles):
         return flow_map_step(s.G, s.D, s.opt_g, s.opt_d, self.latents, self.particles,
                              s.sample_data, self.pick, s.step_cfg,
                              repair_every=s.cfg.repair_every, iteration=s.iteration,
-                             seed=s.cfg.seed, fit_loss=s.cfg.fit_loss)
+                             seed=s.cfg.seed, fit_loss=s.cfg.fit_loss,
+                             fit_nearest=s.cfg.fit_nearest, sample_latent=s.sample_latent)
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:
