@@ -54,8 +54,10 @@ FIT_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 # particles searched per step by the nearest-particle term of fit_pairs (all of them up
-# to this many, else a random subset): a (batch x pool) distance matrix per step
-NEAREST_POOL = 8192
+# to this many, else a random subset): a (batch x pool) distance matrix and its argmin
+# per fit step, so it is kept small; a random 1024 of the particles still put a particle
+# near every point of their support (the target only has to be on it)
+NEAREST_POOL = 1024
 
 # pairs per block of repair_pairs: an assignment costs O(block^3), and larger blocks did no
 # better on ring8 (benchmarks/README.md, "flow-map")
