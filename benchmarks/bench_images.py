@@ -38,6 +38,8 @@ from ganflow.training import TrainConfig, read_metrics
 # per iteration, 2000 pairs, eps decaying like the learning rates
 FLOW_MAP = {"method": "flow-map", "divergence": "kl", "d_steps": 1, "d_warmup": 0,
             "particles": 2000, "eps_decay": 0.01}
+# the MSE fit with constant learning rates (--lr-decay 1), eps still decaying
+_FLOW_MAP_MSE_LR1 = {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0}
 METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow K=1 index": {"method": "flow"},
            "flow-map": FLOW_MAP,
@@ -51,14 +53,11 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            # freeze while its particles still move; with the MSE fit, re-pairing every 25
            # iterations (r25) or a 3x larger fit step (g3: --lr-g 3e-3)
            "flow-map lr1": {**FLOW_MAP, "lr_decay": 1.0},
-           "flow-map mse lr1": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0},
-           "flow-map mse lr1 r25": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
-                                    "repair_every": 25},
-           "flow-map mse lr1 g3": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
-                                   "lr_g": 3e-3},
+           "flow-map mse lr1": _FLOW_MAP_MSE_LR1,
+           "flow-map mse lr1 r25": {**_FLOW_MAP_MSE_LR1, "repair_every": 25},
+           "flow-map mse lr1 g3": {**_FLOW_MAP_MSE_LR1, "lr_g": 3e-3},
            # and G at fresh latents pulled onto the nearest particle (--fit-nearest 1)
-           "flow-map mse lr1 g3 nn1": {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0,
-                                       "lr_g": 3e-3, "fit_nearest": 1.0}}
+           "flow-map mse lr1 g3 nn1": {**_FLOW_MAP_MSE_LR1, "lr_g": 3e-3, "fit_nearest": 1.0}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:

@@ -50,6 +50,13 @@ from ganflow.training import TrainConfig
 from ganflow.training.loop import run_loop
 from ganflow.training.session import Session
 
+# flow-map with one D step, 10 L1 fit steps re-paired every 100 iterations, eps decaying
+# to 1 %; and its configuration that converged under bench_divergence.py's SGD D
+_FLOW_MAP_REPAIR_L1 = {"method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10,
+                       "eps_decay": 0.01, "repair_every": 100, "fit_loss": "l1"}
+_SGD_FLOW_MAP_B2048 = DIVERGENCE_CONFIGS[
+    "SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1"]
+
 # name -> TrainConfig overrides (on top of the defaults of `ganflow train`)
 METHODS: dict[str, dict] = {
     "gan-ns": {"method": "gan-ns"},
@@ -75,24 +82,18 @@ METHODS: dict[str, dict] = {
                           "eps_decay": 0.01, "repair_every": 0, "fit_loss": "mse"},
     # the same with flow-map's defaults for the fit: the pairs re-paired by minibatch OT
     # every 100 iterations and G regressed by the L1 loss; with and without R1 on D
-    **{f"flow-map repair l1{tag}": {"method": "flow-map", "d_steps": 1, "d_warmup": 0,
-                                    "fit_steps": 10, "eps_decay": 0.01, "repair_every": 100,
-                                    "fit_loss": "l1", **extra}
+    **{f"flow-map repair l1{tag}": {**_FLOW_MAP_REPAIR_L1, **extra}
        for tag, extra in (("", {}), (" R1", {"d_penalty": 0.1}))},
     # the same with the two changes that lifted flow-map's ring8 HQ under the SGD
     # discriminator: batches of 2048 and re-pairing every 25 iterations
-    "flow-map repair l1, batch 2048, re-pair 25": {
-        "method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10, "eps_decay": 0.01,
-        "repair_every": 25, "fit_loss": "l1", "batch_size": 2048},
+    "flow-map repair l1, batch 2048, re-pair 25": {**_FLOW_MAP_REPAIR_L1, "repair_every": 25,
+                                                   "batch_size": 2048},
     # the configuration that converged in 6 of 6 seeds under bench_divergence.py's SGD
     # discriminator (one constant SGD step of 0.1), G regressed by Adam, re-paired every 25
     # iterations, batches of 2048, eps decaying from 1 to 0.1
-    "flow-map SGD D, batch 2048": DIVERGENCE_CONFIGS[
-        "SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1"],
+    "flow-map SGD D, batch 2048": _SGD_FLOW_MAP_B2048,
     # the same with G at fresh latents pulled onto the nearest particle (--fit-nearest 1)
-    "flow-map SGD D, batch 2048, nearest 1": {
-        **DIVERGENCE_CONFIGS["SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1"],
-        "fit_nearest": 1.0},
+    "flow-map SGD D, batch 2048, nearest 1": {**_SGD_FLOW_MAP_B2048, "fit_nearest": 1.0},
 }
 
 
