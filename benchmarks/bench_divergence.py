@@ -18,7 +18,8 @@ descent step moves G(z_i) by a fraction of the distance to its target). Adam row
 ``particles`` row moves the samples by the same discriminator's drift with no
 generator at all (so no fit), which separates "the fit diverges" from "the drift
 diverges"; the ``flow-map`` row fits a generator to persistent latent-particle pairs
-moved by that drift (docs/theory.md section 8 (a)); the ``+ R1`` rows change D instead of
+moved by that drift (docs/theory.md section 8 (a)), the ``flow-chain`` row composes the
+recorded steps of that drift instead (section 8 (c)); the ``+ R1`` rows change D instead of
 the fit (``--d-penalty 1``: an R1 gradient penalty on the data, not in the paper).
 
 Verdicts, per run, from its evaluations (modes / HQ / mode-weight KL per DESIGN.md):
@@ -96,6 +97,11 @@ CONFIGS: dict[str, dict] = {
     # step decaying to 0.1 (fewer late mode changes of the particles)
     "SGD flow-map, Adam fit, re-pair 25, batch 2048, eps decay 0.1": {
         **SGD_FLOW_MAP_ADAM_FIT, "repair_every": 25, "batch_size": 2048, "eps_decay": 0.1},
+    # the generator as the composed flow map of the same particles (no fit): fresh draws
+    # of G_0 moved by every recorded step of that discriminator
+    "SGD flow-chain, batch 2048, eps decay 0.1": {
+        **SGD, "method": "flow-chain", "d_steps": 1, "d_warmup": 0, "batch_size": 2048,
+        "eps_decay": 0.1},
     # Algorithm 1 with the same batch and step schedule, for contrast
     "SGD K=1 index, batch 2048, eps decay 0.1": {**SGD, "batch_size": 2048, "eps_decay": 0.1},
     # the KL flow simulated faithfully: D calibrated (SGD steps until its held-out loss

@@ -57,7 +57,10 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow-map mse lr1 r25": {**_FLOW_MAP_MSE_LR1, "repair_every": 25},
            "flow-map mse lr1 g3": {**_FLOW_MAP_MSE_LR1, "lr_g": 3e-3},
            # and G at fresh latents pulled onto the nearest particle (--fit-nearest 1)
-           "flow-map mse lr1 g3 nn1": {**_FLOW_MAP_MSE_LR1, "lr_g": 3e-3, "fit_nearest": 1.0}}
+           "flow-map mse lr1 g3 nn1": {**_FLOW_MAP_MSE_LR1, "lr_g": 3e-3, "fit_nearest": 1.0},
+           # the generator as the composed flow map: G_0 and every recorded step, the
+           # particles' dynamics those of FLOW_MAP
+           "flow-chain": {**FLOW_MAP, "method": "flow-chain"}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:

@@ -62,6 +62,9 @@ CONFIGS: dict[str, dict] = {
     # the same fit distance per step with half the Adam step: less minibatch noise in the
     # regression where the flow map is steep
     "flow-map mse D60 F80 lr 5e-4": {**MSE_D60_F40, "fit_steps": 80, "lr_g": 5e-4},
+    # the generator as the composed flow map (no fit): G_0 and every recorded step of its
+    # particles, D calibrated as in the flow-map rows above (60 steps per step of 0.05)
+    "flow-chain D60": {"eps": 0.05, "method": "flow-chain", "d_steps": 60, "d_warmup": 1000},
     "flow K1": {"eps": 0.05},
     "gan": {"eps": 0.05, "method": "gan"},
     "eps 0.05 K1 index adam": {"eps": 0.05},

@@ -94,6 +94,13 @@ METHODS: dict[str, dict] = {
     "flow-map SGD D, batch 2048": _SGD_FLOW_MAP_B2048,
     # the same with G at fresh latents pulled onto the nearest particle (--fit-nearest 1)
     "flow-map SGD D, batch 2048, nearest 1": {**_SGD_FLOW_MAP_B2048, "fit_nearest": 1.0},
+    # the generator as the composed flow map (no fit): the particles of "particles
+    # annealed", its samples fresh draws of G_0 moved by every recorded step; N = 10 000
+    # or 2000 particles, with and without R1 on D
+    **{f"flow-chain{n_tag}{tag}": {"method": "flow-chain", "d_steps": 1, "d_warmup": 0,
+                                   "eps_decay": 0.01, **n_over, **extra}
+       for n_tag, n_over in (("", {}), (" N2000", {"particles": 2000}))
+       for tag, extra in (("", {}), (" R1", {"d_penalty": 0.1}))},
 }
 
 

@@ -16,6 +16,7 @@ from ._errors import GanflowError, NewtonConvergenceError, TrainingDivergedError
 from .algorithm import StepConfig, algorithm_step
 from .data import Dataset, load_data
 from .divergences import CHI2, JSD, KL, NS, Divergence, get_divergence
+from .drift_chain import DriftChain
 from .flow_map import flow_map_step, initial_pairs
 from .generator_init import fit_generator_to_law
 from .grid import Grid
@@ -43,6 +44,7 @@ __all__ = [
     "CHI2",
     "Dataset",
     "Divergence",
+    "DriftChain",
     "FokkerPlanckSolution",
     "GanflowError",
     "GaussianMixture",

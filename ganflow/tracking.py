@@ -118,8 +118,10 @@ class TrackingResult:
 
 
 def _snapshots(run_dir: Path) -> list[tuple[int, Path]]:
-    # G-<it>: generator weights (flow runs); P-<it>: particles (particle runs)
-    snaps = sorted((run_dir / "snapshots").glob("[GP]-*.safetensors"))
+    # G-<it>: generator weights; P-<it>: particles (particle runs); C-<it>: flow-chain
+    from .training.methods.base import SNAPSHOT_PREFIXES
+
+    snaps = sorted((run_dir / "snapshots").glob(f"[{SNAPSHOT_PREFIXES}]-*.safetensors"))
     return [(int(p.stem.split("-")[1]), p) for p in snaps]
 
 
@@ -188,7 +190,7 @@ def track_run(
     snaps = _snapshots(run_dir)
     if not snaps or snaps[0][0] != 0:
         raise GanflowError(
-            f"{str(run_dir)!r} has no snapshot at iteration 0 (snapshots/[GP]-*.safetensors): "
+            f"{str(run_dir)!r} has no snapshot at iteration 0 (snapshots/[GPC]-*.safetensors): "
             "re-train with this version of ganflow"
         )
     times_of = _flow_times(run_dir)
@@ -249,8 +251,8 @@ def _snapshot_samples(run, snaps: list[tuple[int, Path]], n: int, seeds: list[in
     per_draw: list[list] = [[] for _ in seeds]
     for _, path in snaps:
         state = load_file(str(path))
-        if path.name.startswith("G-"):
-            run.G.load_state_dict(state)
+        sampler = (None if path.name.startswith("P-")
+                   else run.session.method.snapshot_sampler(state))
         for r, seed in enumerate(seeds):
             gen = torch.Generator().manual_seed(seed)
             if path.name.startswith("P-"):
@@ -260,8 +262,7 @@ def _snapshot_samples(run, snaps: list[tuple[int, Path]], n: int, seeds: list[in
                     x = x[torch.randperm(len(x), generator=gen)]
                 x = x[:n]
             else:
-                with torch.no_grad():
-                    x = run.G(run.sample_latent(n, gen)).double().cpu()
+                x = sampler(n, gen).double().cpu()
             if not torch.isfinite(x).all():
                 raise GanflowError(f"snapshot {path.name} holds or produces NaN/Inf samples")
             per_draw[r].append(x)

@@ -181,7 +181,7 @@ def sample(
     seed: Annotated[int, typer.Option("--seed", help="seed of the latent draw.")] = 0,
     snapshot: Annotated[int | None, typer.Option(
         "--snapshot", help="draw from the generator saved at this evaluation's iteration "
-        "(snapshots/G-*; default: the latest checkpoint).")] = None,
+        "(snapshots/G-*, P-*, C-*; default: the latest checkpoint).")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite --out if it exists.")] = False,
 ) -> None:
     """Draw samples from a trained run's generator (or its particles) into a .npy file."""

@@ -34,7 +34,7 @@ from ._lock import LOCK_NAME, FolderLock, note
 from ._lock import NOFOLLOW as NOFOLLOW
 
 # the folders and files a run writes; none may be a symlink
-RUN_SUBDIRS = ("checkpoints", "snapshots", "samples")
+RUN_SUBDIRS = ("checkpoints", "snapshots", "samples", "chain")
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.md", "distil.json")
 _WEIGHTS = re.compile(r"state-(\d{8,})\.safetensors")
 _STATE = re.compile(r"state-(\d{8,})\.json")

@@ -58,7 +58,8 @@ class TrainConfig:
     method: str = _opt("flow", "flow (Algorithm 1), gan (saturating ln(1-D)), gan-ns "
                        "(non-saturating -ln D), particles (no generator: N particles moved "
                        "by D's drift), flow-map (a generator regressed on N latent-particle "
-                       "pairs moved by D's drift: it follows the flow).")
+                       "pairs moved by D's drift: it follows the flow), flow-chain (the generator "
+                       "is G_0 followed by every recorded step of the particles' flow).")
     divergence: str = _opt("jsd", "flow's divergence: jsd, kl, ns, chi2.")
     eps: float = _opt(1.0, "flow time step of eq. (22) (faithful: the largest one).")
     # None = by method (ganflow.training.methods): 1 and 1 for the paper's Algorithm 1
@@ -144,6 +145,11 @@ class TrainConfig:
     # samples where no particle is (between modes, blends of images)
     fit_nearest: float = _opt(0.0, "flow-map: weight of a second fit term that regresses G "
                               "at FRESH latents on the nearest particle (0: off).")
+    # one D state is kept per recorded step: memory and sampling time grow with the
+    # iterations; > 1 keeps one in that many, each moving the points for its window
+    chain_every: int = _opt(1, "flow-chain: record D's state every this many iterations "
+                            "(1: the exact flow map of the particles; more: less memory, "
+                            "the points moved by a D up to that many - 1 iterations old).")
     particle_init: str = _opt("", "particles: start law: 'generator' (the untrained "
                               "generator's law), or any --data spec of the data's dimension "
                               "(default N(0, I), or the --init law).")
@@ -174,7 +180,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_int(self, name, 1)
         for name in ("batch_size", "eval_every", "calib_max_steps", "fit_max_steps",
-                     "particles", "distil_iterations"):
+                     "particles", "distil_iterations", "chain_every"):
             _check_int(self, name, 1)
         for name, low in (("eval_samples", 2), ("w2_samples", 2), ("depth", 0),
                           ("lr_decay_iters", 0)):
@@ -188,6 +194,9 @@ class TrainConfig:
         if self.fit_nearest > 0 and self.method != "flow-map":
             raise GanflowError(f"--fit-nearest is a term of flow-map's regression; --method "
                                f"{self.method!r} has none (use --method flow-map)")
+        if self.chain_every != 1 and self.method != "flow-chain":
+            raise GanflowError(f"--chain-every thins flow-chain's record of D; --method "
+                               f"{self.method!r} keeps none (use --method flow-chain)")
         if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise GanflowError("--log tensorboard needs the tensorboard package: pip install "
                                "'ganflow[tensorboard]' (or use --log jsonl)")

@@ -1,6 +1,6 @@
 r"""Where an evaluation goes: the loop hands every metrics row to its loggers, in order.
 
-* :class:`SnapshotLog` -- the model at every evaluation, ``snapshots/<G|P>-<it>.safetensors``
+* :class:`SnapshotLog` -- the model at every evaluation, ``snapshots/<G|P|C>-<it>.safetensors``
   (``ganflow track`` compares each with the PDE solution at the same flow time; a few KB
   for the MLPs). First, so that every logged row has its snapshot.
 * :class:`ImageGridLog` -- image data: ``samples/grid-<it>.png``, how the images form.

@@ -6,7 +6,8 @@ A run folder holds::
     config.json        every option, resolved (TrainConfig)
     metrics.jsonl      one JSON object per evaluation (ganflow.training.evaluate)
     checkpoints/       state-<it>.safetensors + state-<it>.json + latest.json (the commit)
-    snapshots/         G-<it>.safetensors (the generator) or P-<it> (particles), per evaluation
+    snapshots/         G-<it>.safetensors (the generator), P-<it> (particles) or C-<it> (a
+                       flow-chain's length), per evaluation
     samples/           PNG figures (samples over the target, metric curves, image grids)
     tensorboard/       with --log tensorboard
     summary.md         the outcome in a few lines
@@ -31,6 +32,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, distributed_session
 from .loop import TrainResult, run_loop
+from .methods.base import SNAPSHOT_PREFIXES
 from .reading import read_metrics
 from .session import Session
 
@@ -68,7 +70,7 @@ class Run:
     def snapshots(self) -> list[tuple[int, Path]]:
         """(iteration, path) of every snapshot, oldest first."""
         found = []
-        for p in (self.path / "snapshots").glob("[GP]-*.safetensors"):
+        for p in (self.path / "snapshots").glob(f"[{SNAPSHOT_PREFIXES}]-*.safetensors"):
             try:
                 found.append((int(p.stem.split("-")[1]), p))
             except ValueError:
@@ -82,7 +84,8 @@ class Run:
     def sample(self, n: int, *, seed: int = 0, snapshot: int | None = None) -> torch.Tensor:
         """``n`` samples (n, d), float32 on the CPU: from the generator (a particle run:
         its distilled generator, else ``n`` distinct particles), or from the one saved at
-        iteration ``snapshot`` (``snapshots/G-<it>``, or a particle run's ``P-<it>``)."""
+        iteration ``snapshot`` (``snapshots/G-<it>``, a particle run's ``P-<it>``, a flow-chain
+        run's ``C-<it>``)."""
         if int(n) != n or n < 1:
             raise GanflowError(f"--n must be a positive integer, got {n!r}")
         gen = torch.Generator().manual_seed(seed)
@@ -92,7 +95,7 @@ class Run:
 
     def _sample_snapshot(self, n: int, gen: torch.Generator, iteration: int) -> torch.Tensor:
         snaps = self.path / "snapshots"
-        kind = "P" if self.session.method.samples_are_particles else "G"
+        kind = self.session.method.snapshot_prefix
         path = snaps / f"{kind}-{iteration:08d}.safetensors"
         if not path.is_file():
             saved = [it for it, p in self.snapshots() if p.name.startswith(kind)]
@@ -106,9 +109,7 @@ class Run:
                 raise GanflowError(
                     f"snapshot {path.name} holds {x.shape[0]} particles; asked for {n} (--n)")
             return x[torch.randperm(x.shape[0], generator=gen)[:n]]
-        self.G.load_state_dict(tensors)
-        with torch.no_grad():
-            return self.G(self.session.sample_latent(n, gen)).cpu()
+        return self.session.method.snapshot_sampler(tensors)(n, gen).cpu()
 
     def plot(self) -> list[Path]:
         """(Re)draw the run's figures into samples/ (:func:`ganflow.run_plots.draw_run_figures`)."""

@@ -15,6 +15,7 @@ seeded batch draws ``sample_data(m)``, ``sample_latent(m)`` and ``pick(n, m)``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -25,9 +26,13 @@ from ...algorithm import StepInfo
 if TYPE_CHECKING:  # the session imports this module; the methods only use its attributes
     from ..session import Session
 
-__all__ = ["Method", "get_method", "method_names", "register_method"]
+__all__ = ["SNAPSHOT_PREFIXES", "Method", "get_method", "method_names", "register_method"]
 
 _REGISTRY: dict[str, type[Method]] = {}
+
+# every method's Method.snapshot_prefix: G (generator weights), P (particles), C (a
+# flow-chain's length)
+SNAPSHOT_PREFIXES = "GPC"
 
 
 def register_method(*names: str):
@@ -91,6 +96,8 @@ class Method:
     samples_are_particles: ClassVar[bool] = False
     # whether it runs under torchrun (every rank's state is its own)
     distributed: ClassVar[bool] = True
+    # the file name prefix of its snapshots: snapshots/<prefix>-<iteration>.safetensors
+    snapshot_prefix: ClassVar[str] = "G"
 
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -139,7 +146,20 @@ class Method:
 
     def snapshot(self) -> tuple[str, dict[str, torch.Tensor]]:
         """(prefix, tensors) saved at every evaluation as snapshots/<prefix>-<it>.safetensors."""
-        return "G", {k: v.detach().cpu().contiguous() for k, v in self.s.G.state_dict().items()}
+        return self.snapshot_prefix, {k: v.detach().cpu().contiguous()
+                                      for k, v in self.s.G.state_dict().items()}
+
+    def snapshot_sampler(self, tensors: dict[str, torch.Tensor]
+                         ) -> Callable[[int, torch.Generator], torch.Tensor]:
+        """``sample(n, gen)``: n samples of the model saved as ``tensors`` by
+        :meth:`snapshot` (here G's weights, loaded into G), on the device."""
+        s = self.s
+        s.G.load_state_dict(tensors)
+
+        @torch.no_grad()
+        def sample(n: int, gen: torch.Generator) -> torch.Tensor:
+            return s.G(s.sample_latent(n, gen))
+        return sample
 
     def summary_lines(self) -> list[str]:
         return []

@@ -21,10 +21,8 @@ import torch
 from ..._errors import GanflowError
 from ...algorithm import StepInfo
 from ...flow_map import FIT_LOSSES, flow_map_step, initial_pairs
-from ...metrics import mode_metrics
-from ..evaluate import image_sample_metrics
 from .base import _refuse_distil, register_method
-from .particles import HoldsParticles, subset_index
+from .particles import HoldsParticles, own_sample_metrics, subset_index
 
 
 @register_method("flow-map")
@@ -84,16 +82,8 @@ class FlowMapMethod(HoldsParticles):
         # the particles, and G at THEIR latents: particles -> pairs is the fit's error on
         # the pairs it is trained on, pairs -> G's samples (fresh latents) its
         # generalisation to latents it never saw
-        for prefix, sub in (("particles", self.particles[idx]),
-                            ("pairs", s.G(self.latents[idx]))):
-            sub = sub.double().cpu()
-            own: dict = {}
-            if s.data.mixture is not None:
-                own.update(mode_metrics(sub, s.data.mixture))
-            if s.data.image_shape is not None:
-                own.update({k: v for k, v in image_sample_metrics(s, sub).items()
-                            if k != "frechet_distance_floor"})
-            out.update({f"{prefix}_{k}": v for k, v in own.items()})
+        out.update(own_sample_metrics(s, {"particles": self.particles[idx],
+                                          "pairs": s.G(self.latents[idx])}))
         return out
 
     def summary_lines(self) -> list[str]:

@@ -21,7 +21,9 @@ from ..._errors import GanflowError, TrainingDivergedError
 from ..._io import write_json_atomic
 from ...algorithm import StepInfo
 from ...data import load_data
+from ...metrics import mode_metrics
 from ...particle_flow import distil_step, particle_step
+from ..evaluate import image_sample_metrics
 from .base import Method, _refuse_flow_map_options, register_method
 
 # particles kept per snapshot: enough for `ganflow track`'s KDE (n = 5000 by default)
@@ -32,6 +34,24 @@ SNAPSHOT_PARTICLES = 20000
 def subset_index(n_total: int, n: int, gen: torch.Generator) -> torch.Tensor:
     """n distinct indices in [0, n_total) (n <= n_total), chosen by ``gen`` (on the CPU)."""
     return torch.randperm(n_total, generator=gen)[:n]
+
+
+@torch.no_grad()
+def own_sample_metrics(s, samples: dict[str, torch.Tensor]) -> dict:
+    """The sample metrics of the data (modes, HQ, mode KL of a mixture; Frechet distance
+    and classes of images) of each of ``samples`` (prefix -> (n, d)), keyed
+    ``<prefix>_<metric>``; empty for data that has neither."""
+    out: dict = {}
+    for prefix, sub in samples.items():
+        sub = sub.double().cpu()
+        own: dict = {}
+        if s.data.mixture is not None:
+            own.update(mode_metrics(sub, s.data.mixture))
+        if s.data.image_shape is not None:
+            own.update({k: v for k, v in image_sample_metrics(s, sub).items()
+                        if k != "frechet_distance_floor"})
+        out.update({f"{prefix}_{k}": v for k, v in own.items()})
+    return out
 
 
 def particle_subset(particles: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -67,6 +87,7 @@ class ParticleMethod(HoldsParticles):
 
     samples_are_particles = True
     distributed = False
+    snapshot_prefix = "P"
     finite = ("d_loss", "drift_max")
     logged = ("d_loss", "drift_rms", "drift_max")  # no generator is fitted
 
@@ -129,8 +150,8 @@ class ParticleMethod(HoldsParticles):
         return self.distilled
 
     def snapshot(self) -> tuple[str, dict[str, torch.Tensor]]:
-        return "P", {"particles": self.particles[:SNAPSHOT_PARTICLES].detach().cpu()
-                     .contiguous()}
+        kept = self.particles[:SNAPSHOT_PARTICLES].detach().cpu().contiguous()
+        return self.snapshot_prefix, {"particles": kept}
 
     def summary_lines(self) -> list[str]:
         s = self.s
