@@ -9,6 +9,7 @@ exact affine start G_0(z) = 2 + 0.5 z_1 the chain must give G_t(z) = m_t + sqrt(
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from ganflow import GanflowError
 from ganflow.cli import app
+from ganflow.data import load_data
 from ganflow.drift_chain import DriftChain
 from ganflow.tracking import track_run
 from ganflow.training import TrainConfig, load_run, read_metrics, resume, sample_run, train
@@ -244,3 +246,26 @@ def test_flow_chain_refusals(tmp_path):
         TrainConfig(method="flow-chain", distil=True)
     with pytest.raises(GanflowError, match="--fit-nearest is a term"):
         TrainConfig(method="flow-chain", fit_nearest=1.0)
+    with pytest.raises(GanflowError, match="refuses --divergence chi2"):
+        TrainConfig(method="flow-chain", divergence="chi2")
+    with pytest.raises(GanflowError, match="flow-chain is single-process"):
+        from ganflow.training.distributed import DistContext
+        from ganflow.training.session import Session
+
+        Session(TrainConfig(method="flow-chain"), tmp_path, load_data("ring8"),
+                DistContext(rank=0, world_size=2, device=torch.device("cpu")))
+
+
+def test_flow_chain_defaults_to_a_smooth_discriminator():
+    # A ReLU D's grad f is piecewise constant and the moved points pile up at its kinks
+    # (benchmarks/README.md, flow-chain tracking); the method's default D is smooth.
+    ring8 = load_data("ring8")
+    assert TrainConfig(method="flow-chain").resolved(ring8).activation == "silu"
+    assert TrainConfig(method="flow").resolved(ring8).activation == "relu"
+    assert TrainConfig(method="particles").resolved(ring8).activation == "relu"
+    assert TrainConfig(method="flow-chain", activation="relu").resolved(ring8).activation == "relu"
+    from ganflow.training.session import Session
+
+    s = Session(TrainConfig(method="flow-chain", width=8), Path("/nonexistent"), ring8)
+    assert any(isinstance(m, torch.nn.SiLU) for m in s.D.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in s.D.modules())

@@ -42,9 +42,12 @@ class FlowChainMethod(HoldsParticles):
     """N particles moved by the calibrated D's drift; the samples are fresh draws of G_0
     moved by the same recorded steps."""
 
-    # the particles' dynamics are flow-map's: a calibrated D at every step, from t = 0
+    # the particles' dynamics are flow-map's: a calibrated D at every step, from t = 0;
+    # and a smooth D: the drift of a ReLU D is piecewise constant, and the points it moves
+    # pile up where grad f jumps from + to - (on the bimodal KL flow the samples formed
+    # clumps at D's kinks, off the PDE at a fine scale; with SiLU they follow it)
     defaults = {"d_steps": 20, "fit_steps": 1, "d_warmup": 500, "repair_every": 0,
-                "fit_loss": "mse"}
+                "fit_loss": "mse", "activation": "silu"}
     finite = ("d_loss", "drift_max")
     logged = ("d_loss", "drift_rms", "drift_max")  # no generator is fitted
     distributed = False
@@ -63,6 +66,12 @@ class FlowChainMethod(HoldsParticles):
         _refuse_distil(cfg)
         _refuse_flow_map_options(cfg)
         cls.check_particle_count(cfg)
+        if cfg.divergence == "chi2":
+            raise GanflowError(
+                "--method flow-chain refuses --divergence chi2: its drift 2 e^(-f) grad f is "
+                "unbounded where D -> 1, and every particle and every sample is moved by it "
+                "(flow-map refuses it for the same reason); use kl (the fastest stable "
+                "flow), jsd or ns")
 
     def start(self) -> None:
         s = self.s
