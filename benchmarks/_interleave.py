@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors.torch import load_file
 
 from ganflow.data import load_data
@@ -97,11 +96,8 @@ def _samples_at(run_dir: Path, iteration: int, n: int) -> np.ndarray:
     p = snap / f"P-{iteration:08d}.safetensors"
     if p.exists():
         return load_file(str(p))["particles"][:n].double().numpy()
-    trainer = load_run(run_dir, device="cpu")
-    trainer.G.load_state_dict(load_file(str(snap / f"G-{iteration:08d}.safetensors")))
-    with torch.no_grad():
-        z = trainer.sample_latent(n, torch.Generator().manual_seed(0))
-        return trainer.G(z).double().numpy()
+    # a generator's (or a flow-chain's) snapshot, through the run: the latents of seed 0
+    return load_run(run_dir, device="cpu").sample(n, seed=0, snapshot=iteration).double().numpy()
 
 
 def plot_samples_at_times(runs: dict[str, Path], data: str, times: list[float], path: Path,
