@@ -65,10 +65,10 @@ CONFIGS: dict[str, dict] = {
     # the generator as the composed flow map (no fit): G_0 and every recorded step of its
     # particles, D calibrated as in the flow-map rows above (60 steps per step of 0.05)
     "flow-chain D60": {"eps": 0.05, "method": "flow-chain", "d_steps": 60, "d_warmup": 1000},
-    # the same with a ReLU D (flow-chain's default D is SiLU): its piecewise-constant drift
-    # piles the points up at its kinks
-    "flow-chain D60 relu": {"eps": 0.05, "method": "flow-chain", "d_steps": 60,
-                            "d_warmup": 1000, "activation": "relu"},
+    # the same with a smooth D: a ReLU D's piecewise-constant drift piles the points up at
+    # its kinks
+    "flow-chain D60 silu": {"eps": 0.05, "method": "flow-chain", "d_steps": 60,
+                            "d_warmup": 1000, "activation": "silu"},
     "flow K1": {"eps": 0.05},
     "gan": {"eps": 0.05, "method": "gan"},
     "eps 0.05 K1 index adam": {"eps": 0.05},

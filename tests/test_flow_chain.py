@@ -9,7 +9,6 @@ exact affine start G_0(z) = 2 + 0.5 z_1 the chain must give G_t(z) = m_t + sqrt(
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -255,17 +254,3 @@ def test_flow_chain_refusals(tmp_path):
         Session(TrainConfig(method="flow-chain"), tmp_path, load_data("ring8"),
                 DistContext(rank=0, world_size=2, device=torch.device("cpu")))
 
-
-def test_flow_chain_defaults_to_a_smooth_discriminator():
-    # A ReLU D's grad f is piecewise constant and the moved points pile up at its kinks
-    # (benchmarks/README.md, flow-chain tracking); the method's default D is smooth.
-    ring8 = load_data("ring8")
-    assert TrainConfig(method="flow-chain").resolved(ring8).activation == "silu"
-    assert TrainConfig(method="flow").resolved(ring8).activation == "relu"
-    assert TrainConfig(method="particles").resolved(ring8).activation == "relu"
-    assert TrainConfig(method="flow-chain", activation="relu").resolved(ring8).activation == "relu"
-    from ganflow.training.session import Session
-
-    s = Session(TrainConfig(method="flow-chain", width=8), Path("/nonexistent"), ring8)
-    assert any(isinstance(m, torch.nn.SiLU) for m in s.D.modules())
-    assert not any(isinstance(m, torch.nn.ReLU) for m in s.D.modules())

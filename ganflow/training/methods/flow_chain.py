@@ -42,12 +42,9 @@ class FlowChainMethod(HoldsParticles):
     """N particles moved by the calibrated D's drift; the samples are fresh draws of G_0
     moved by the same recorded steps."""
 
-    # the particles' dynamics are flow-map's: a calibrated D at every step, from t = 0;
-    # and a smooth D: the drift of a ReLU D is piecewise constant, and the points it moves
-    # pile up where grad f jumps from + to - (on the bimodal KL flow the samples formed
-    # clumps at D's kinks, off the PDE at a fine scale; with SiLU they follow it)
+    # the particles' dynamics are flow-map's: a calibrated D at every step, from t = 0
     defaults = {"d_steps": 20, "fit_steps": 1, "d_warmup": 500, "repair_every": 0,
-                "fit_loss": "mse", "activation": "silu"}
+                "fit_loss": "mse"}
     finite = ("d_loss", "drift_max")
     logged = ("d_loss", "drift_rms", "drift_max")  # no generator is fitted
     distributed = False
