@@ -102,6 +102,10 @@ CONFIGS: dict[str, dict] = {
     "SGD flow-chain, batch 2048, eps decay 0.1": {
         **SGD, "method": "flow-chain", "d_steps": 1, "d_warmup": 0, "batch_size": 2048,
         "eps_decay": 0.1},
+    # the same with a smooth (SiLU) D
+    "SGD flow-chain, batch 2048, eps decay 0.1, SiLU D": {
+        **SGD, "method": "flow-chain", "d_steps": 1, "d_warmup": 0, "batch_size": 2048,
+        "eps_decay": 0.1, "activation": "silu"},
     # Algorithm 1 with the same batch and step schedule, for contrast
     "SGD K=1 index, batch 2048, eps decay 0.1": {**SGD, "batch_size": 2048, "eps_decay": 0.1},
     # the KL flow simulated faithfully: D calibrated (SGD steps until its held-out loss

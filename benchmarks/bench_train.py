@@ -94,6 +94,10 @@ METHODS: dict[str, dict] = {
     "flow-map SGD D, batch 2048": _SGD_FLOW_MAP_B2048,
     # the same with G at fresh latents pulled onto the nearest particle (--fit-nearest 1)
     "flow-map SGD D, batch 2048, nearest 1": {**_SGD_FLOW_MAP_B2048, "fit_nearest": 1.0},
+    # the generator as the composed flow map under the SGD discriminator of the
+    # divergence protocol (batches of 2048, eps decaying to 0.1), where it converged in 3/3
+    "flow-chain SGD D, batch 2048": DIVERGENCE_CONFIGS[
+        "SGD flow-chain, batch 2048, eps decay 0.1"],
     # the generator as the composed flow map (no fit): the particles of "particles
     # annealed", its samples fresh draws of G_0 moved by every recorded step; N = 10 000
     # or 2000 particles, with and without R1 on D
