@@ -41,6 +41,8 @@ FLOW_MAP = {"method": "flow-map", "divergence": "kl", "d_steps": 1, "d_warmup": 
 # the MSE fit with constant learning rates (--lr-decay 1), eps still decaying
 _FLOW_MAP_MSE_LR1 = {**FLOW_MAP, "fit_loss": "mse", "lr_decay": 1.0}
 METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
+           # the R1 penalty that makes flow-chain's D generalise, on the GAN's D too
+           "gan R1 10": {"method": "gan", "d_penalty": 10.0},
            "flow K=1 index": {"method": "flow"},
            "flow-map": FLOW_MAP,
            # 3 fit steps instead of 10: a cheaper iteration, so more of them in an
@@ -60,7 +62,11 @@ METHODS = {"gan-ns": {"method": "gan-ns"}, "gan": {"method": "gan"},
            "flow-map mse lr1 g3 nn1": {**_FLOW_MAP_MSE_LR1, "lr_g": 3e-3, "fit_nearest": 1.0},
            # the generator as the composed flow map: G_0 and every recorded step, the
            # particles' dynamics those of FLOW_MAP
-           "flow-chain": {**FLOW_MAP, "method": "flow-chain"}}
+           "flow-chain": {**FLOW_MAP, "method": "flow-chain"},
+           # the same with an R1 penalty (gamma/2) E_data |grad f|^2 on D (--d-penalty
+           # 10): a smoother f, whose drift, calibrated on the particles, also moves the
+           # fresh latents between them well
+           "flow-chain R1 10": {**FLOW_MAP, "method": "flow-chain", "d_penalty": 10.0}}
 
 
 def _grids_side_by_side(grids: dict[str, Path], path: Path) -> None:
