@@ -98,6 +98,13 @@ METHODS: dict[str, dict] = {
     # divergence protocol (batches of 2048, eps decaying to 0.1), where it converged in 3/3
     "flow-chain SGD D, batch 2048": DIVERGENCE_CONFIGS[
         "SGD flow-chain, batch 2048, eps decay 0.1"],
+    # cheaper iterations: the drift at 10 000 particles is half of one, D's batch of 2048
+    # a third; 3000 particles, and 4000 with batches of 1024
+    "flow-chain SGD D, batch 2048, N3000": {
+        **DIVERGENCE_CONFIGS["SGD flow-chain, batch 2048, eps decay 0.1"], "particles": 3000},
+    "flow-chain SGD D, batch 1024, N4000": {
+        **DIVERGENCE_CONFIGS["SGD flow-chain, batch 2048, eps decay 0.1"], "particles": 4000,
+        "batch_size": 1024},
     # the generator as the composed flow map (no fit): the particles of "particles
     # annealed", its samples fresh draws of G_0 moved by every recorded step; N = 10 000
     # or 2000 particles, with and without R1 on D
