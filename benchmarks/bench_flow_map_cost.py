@@ -1,4 +1,5 @@
-r"""What following the flow costs: flow-map against Algorithm 1, per unit of flow time.
+r"""What following the flow costs: flow-map and flow-chain against Algorithm 1, per unit of
+flow time.
 
 One flow-map iteration calibrates D (``d_steps``), moves all N particles of the pairs by
 D's drift (a forward and backward pass of D over N points, in chunks), and takes K fit
@@ -8,6 +9,12 @@ flow time = seconds per iteration / eps. This script times the phases of each, t
 methods interleaved (round-robin, ``--rounds`` rounds of ``--iterations`` iterations),
 and reports the memory the pairs hold (N x (latent + d) floats) and the peak of the whole
 process (ru_maxrss).
+
+One flow-chain iteration is flow-map's without the fit: calibrate D, move the N particles,
+and record D's state in the chain (:class:`ganflow.drift_chain.DriftChain`). Its costs that
+grow with the run are reported per recorded step: the chain's memory (one D state) and the
+time to move 1000 fresh samples by one recorded step (a forward and backward pass of D),
+timed on the chain this benchmark recorded.
 
     python benchmarks/bench_flow_map_cost.py --json benchmarks/results/bench_flow_map_cost.json
     python benchmarks/bench_flow_map_cost.py --data digits --n 1797 --iterations 5
@@ -29,6 +36,7 @@ from _common import environment, print_table  # noqa: E402
 from ganflow._io import write_json_atomic  # noqa: E402
 from ganflow.algorithm import StepConfig, algorithm_step  # noqa: E402
 from ganflow.data import load_data  # noqa: E402
+from ganflow.drift_chain import DriftChain  # noqa: E402
 from ganflow.flow_map import fit_pairs, initial_pairs  # noqa: E402
 from ganflow.networks import (  # noqa: E402
     make_conv_discriminator,
@@ -54,6 +62,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--d-steps", type=int, default=20)
     ap.add_argument("--fit-steps", type=int, default=10)
+    ap.add_argument("--kinds", nargs="+", default=["flow-map", "flow-chain"],
+                    choices=["flow-map", "flow-chain"],
+                    help="the particle methods timed against Algorithm 1")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
@@ -76,11 +87,18 @@ def main() -> None:
     alg_cfg = StepConfig(method="flow", eps=1.0, batch_size=args.batch_size)
     states = {}
     for n in args.n:
-        G, D = _nets(data, latent)
-        z, x = initial_pairs(G, n, latent, torch.Generator().manual_seed(1))
-        states[f"flow-map N={n}"] = dict(G=G, D=D, z=z, x=x, n=n,
-                                         opt_g=torch.optim.Adam(G.parameters(), 1e-3),
-                                         opt_d=torch.optim.Adam(D.parameters(), 1e-3))
+        if "flow-map" in args.kinds:
+            G, D = _nets(data, latent)
+            z, x = initial_pairs(G, n, latent, torch.Generator().manual_seed(1))
+            states[f"flow-map N={n}"] = dict(G=G, D=D, z=z, x=x, n=n,
+                                             opt_g=torch.optim.Adam(G.parameters(), 1e-3),
+                                             opt_d=torch.optim.Adam(D.parameters(), 1e-3))
+        if "flow-chain" in args.kinds:  # flow-map's particles, D and schedule, no fit
+            G, D = _nets(data, latent)
+            _, x = initial_pairs(G, n, latent, torch.Generator().manual_seed(1))
+            states[f"flow-chain N={n}"] = dict(
+                D=D, x=x, n=n, opt_d=torch.optim.Adam(D.parameters(), 1e-3),
+                chain=DriftChain(D, divergence=fm_cfg.divergence))
     G, D = _nets(data, latent)
     states["flow K=1 (Algorithm 1)"] = dict(G=G, D=D, opt_g=torch.optim.Adam(G.parameters(), 1e-3),
                                             opt_d=torch.optim.Adam(D.parameters(), 1e-3))
@@ -93,10 +111,14 @@ def main() -> None:
                 if "n" in s:
                     def pick(m: int, n=s["n"]) -> torch.Tensor:
                         return torch.randint(0, n, (m,), generator=gen)
-                    particle_step(s["D"], s["opt_d"], s["x"], sample_data, pick, fm_cfg)
+                    info = particle_step(s["D"], s["opt_d"], s["x"], sample_data, pick,
+                                         fm_cfg)
+                    if "chain" in s:  # recording the step is part of the move
+                        s["chain"].record(s["D"], info.flow_time)
                     t1 = time.perf_counter()
-                    fit_pairs(s["G"], s["opt_g"], s["z"], s["x"], pick,
-                              batch_size=args.batch_size, steps=args.fit_steps)
+                    if "G" in s:
+                        fit_pairs(s["G"], s["opt_g"], s["z"], s["x"], pick,
+                                  batch_size=args.batch_size, steps=args.fit_steps)
                 else:
                     algorithm_step(s["G"], s["D"], s["opt_g"], s["opt_d"], sample_data,
                                    sample_latent, alg_cfg)
@@ -110,12 +132,22 @@ def main() -> None:
     rows = []
     for name, s in states.items():
         per = times[name]["total"] / count
-        pairs_mb = (s["z"].numel() + s["x"].numel()) * 4 / 2**20 if "n" in s else 0.0
-        rows.append({"method": name, "s_per_iteration": per,
-                     "s_per_flow_time (eps 1)": per,
-                     "calibrate+move_s": times[name]["calibrate+move"] / count,
-                     "fit_s": times[name]["fit"] / count, "ratio_to_flow": per / base,
-                     "pairs_MB": pairs_mb})
+        held = [s[k] for k in ("z", "x") if k in s]  # pairs, or the chain's particles
+        pairs_mb = sum(t.numel() for t in held) * 4 / 2**20
+        row = {"method": name, "s_per_iteration": per, "s_per_flow_time (eps 1)": per,
+               "calibrate+move_s": times[name]["calibrate+move"] / count,
+               "fit_s": times[name]["fit"] / count, "ratio_to_flow": per / base,
+               "pairs_MB": pairs_mb, "chain_MB_per_step": None,
+               "sample_ms_per_1000_per_step": None}
+        if "chain" in s:
+            chain = s["chain"]
+            row["chain_MB_per_step"] = chain.state_size * 4 / 2**20
+            with torch.no_grad():  # fresh draws of G_0 (the particles' start)
+                x0 = _nets(data, latent)[0](sample_latent(1000))
+            t0 = time.perf_counter()
+            chain.apply(x0)
+            row["sample_ms_per_1000_per_step"] = (time.perf_counter() - t0) / len(chain) * 1e3
+        rows.append(row)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(rows, list(rows[0]))
     print(f"peak resident memory of this process: {peak_mb:.0f} MB")
