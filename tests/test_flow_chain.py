@@ -12,6 +12,8 @@ import math
 
 import pytest
 import torch
+from _ou_flow import M0, S0, assert_run_follows_the_flow, learned_d_config
+from _ou_flow import ou as _ou
 from typer.testing import CliRunner
 
 from ganflow import GanflowError
@@ -20,13 +22,6 @@ from ganflow.data import load_data
 from ganflow.drift_chain import DriftChain
 from ganflow.tracking import track_run
 from ganflow.training import TrainConfig, load_run, read_metrics, resume, sample_run, train
-
-M0, S0 = 2.0, 0.5
-
-
-def _ou(t: float) -> tuple[float, float]:
-    """Mean and variance of u(t) for the KL flow from N(2, 0.25) to N(0, 1)."""
-    return M0 * math.exp(-t), 1 - (1 - S0**2) * math.exp(-2 * t)
 
 
 class _OracleLogit(torch.nn.Module):
@@ -213,21 +208,9 @@ def test_flow_chain_resume_and_snapshots_are_exact(tmp_path):
 
 
 def test_flow_chain_with_a_learned_discriminator_follows_the_ou_flow(tmp_path):
-    # Through train(), with a learned D: the settings and tolerances of flow-map's test
-    # (test_flow_map.py): a logistic D fitted by 50 steps per 0.05 of flow time was measured
-    # within 0.03 in mean and variance there; the bounds are twice that.
-    cfg = TrainConfig(data="normal:0:1", method="flow-chain", divergence="kl",
-                      init="normal:2:0.5", eps=0.05, iterations=20, eval_every=10, d_steps=50,
-                      d_warmup=500, lr_d=3e-3, beta1=0.9, lr_decay=1.0, particles=5000,
-                      width=64, eval_samples=1000, w2_samples=200)
-    train(cfg, out=tmp_path / "r", progress=False)
-    rows = read_metrics(tmp_path / "r")
-    assert abs(rows[0]["init_energy"]) < 3 * abs(rows[0]["init_energy_floor"]) + 2e-3
-    for it, t in ((10, 0.5), (20, 1.0)):
-        g = sample_run(tmp_path / "r", 20000, seed=1, snapshot=it)[:, 0].double()
-        m, v = _ou(t)
-        assert abs(float(g.mean()) - m) < 0.06, (t, float(g.mean()), m)
-        assert abs(float(g.var()) - v) < 0.06, (t, float(g.var()), v)
+    # Through train(), with a learned D: flow-map's settings and tolerances (_ou_flow.py)
+    train(learned_d_config("flow-chain"), out=tmp_path / "r", progress=False)
+    assert_run_follows_the_flow(tmp_path / "r")
     # and `ganflow track` reads its snapshots: on the flow at every one of them
     res = track_run(tmp_path / "r", n=2000, cells=300)
     assert list(res.iterations) == [0, 10, 20]
