@@ -27,6 +27,7 @@ In the faithful mode a step also clips each point's move to ``limit`` (the CFL r
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 
@@ -37,6 +38,57 @@ from ._errors import GanflowError
 from .algorithm import discriminator_drift
 
 __all__ = ["DriftChain"]
+
+# floats per storage block of recorded states (64 MiB of float32; at most 1024 rows)
+_BLOCK_FLOATS = 16 * 2**20
+
+
+class _StateRows:
+    """Append-only rows (the recorded states) kept in large blocks.
+
+    One small tensor per state would be one allocation per iteration that outlives the
+    iteration's temporaries (D's activations on a batch, the drift at N points): the
+    allocator interleaves them, cannot give the freed temporaries' memory back, and the
+    process grows far beyond the states themselves. A block holds many rows (one large
+    allocation, returned whole when freed), so appending a state allocates nothing."""
+
+    def __init__(self, width: int, device: torch.device) -> None:
+        self.width, self.device = width, device
+        self._block_rows = min(1024, max(1, _BLOCK_FLOATS // max(width, 1)))
+        self._blocks: list[torch.Tensor] = []
+        self._starts: list[int] = []  # index of each block's first row
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < self._count:
+            raise IndexError(f"state {i} of {self._count}")
+        b = bisect.bisect_right(self._starts, i) - 1
+        return self._blocks[b][i - self._starts[b]]
+
+    def append(self, row: torch.Tensor) -> None:
+        last = self._blocks[-1] if self._blocks else None
+        if last is None or self._count - self._starts[-1] == last.shape[0]:
+            last = torch.empty(self._block_rows, self.width, device=self.device)
+            self._blocks.append(last)
+            self._starts.append(self._count)
+        last[self._count - self._starts[-1]].copy_(row)
+        self._count += 1
+
+    def between(self, start: int, end: int) -> torch.Tensor:
+        """Rows [start, end) as one new (end - start, width) CPU tensor."""
+        out = torch.empty(max(end - start, 0), self.width)
+        for k in range(start, end):
+            out[k - start].copy_(self[k])
+        return out
+
+    def replace(self, rows: torch.Tensor) -> None:
+        """Hold ``rows`` (n, width) as the states (a block of their own)."""
+        self._blocks = [rows.to(self.device)] if rows.shape[0] else []
+        self._starts = [0] if rows.shape[0] else []
+        self._count = rows.shape[0]
 
 
 class DriftChain:
@@ -60,7 +112,8 @@ class DriftChain:
                        if v.is_floating_point()]
         self.divergence = divergence
         self.every = every
-        self.states: list[torch.Tensor] = []  # flat float states of the recorded D's
+        # the flat float states of the recorded D's (len() and [i] as a list)
+        self.states = _StateRows(self.state_size, self.template_device)
         self.steps: list[tuple[int, float, float]] = []  # (state index, eps, limit)
 
     def __len__(self) -> int:
@@ -92,7 +145,7 @@ class DriftChain:
         if not (math.isfinite(eps) and eps >= 0):
             raise GanflowError(f"DriftChain.record: eps must be finite and >= 0, got {eps!r}")
         if len(self.steps) % self.every == 0:
-            self.states.append(self._flat(D).to(self.template_device))
+            self.states.append(self._flat(D))
         self.steps.append((len(self.states) - 1, float(eps), float(limit)))
 
     @property
@@ -133,9 +186,7 @@ class DriftChain:
     # ------------------------------------------------------------ persistence
     def states_between(self, start: int, end: int) -> torch.Tensor:
         """The recorded states [start, end) as one (end - start, state size) CPU tensor."""
-        if end <= start:
-            return torch.zeros(0, self.state_size)
-        return torch.stack(self.states[start:end]).cpu().contiguous()
+        return self.states.between(start, end)
 
     def steps_tensor(self) -> torch.Tensor:
         """The steps as (steps, 3) float64 rows (state index, eps, limit)."""
@@ -152,8 +203,7 @@ class DriftChain:
         if any(not 0 <= i < states.shape[0] for i, _, _ in rows):
             raise GanflowError(f"chain_steps names a state beyond the {states.shape[0]} "
                                "recorded")
-        device = self.template_device
-        self.states = [row.to(device) for row in states]
+        self.states.replace(states)
         self.steps = rows
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

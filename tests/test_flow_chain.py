@@ -119,6 +119,30 @@ def test_limit_clips_each_points_move():
     torch.testing.assert_close(free.apply(x) - x, torch.tensor([[-2.0], [0.04], [10.0]]))
 
 
+def test_states_kept_in_blocks_read_back_across_block_boundaries(monkeypatch):
+    # blocks of 3 states (the oracle's state is one float, t), so that 10 records span 4
+    # blocks, a restored chain is one block of its own and appends start a new one
+    import ganflow.drift_chain as dc
+
+    monkeypatch.setattr(dc, "_BLOCK_FLOATS", 3)
+    chain = _oracle_chain(0.1, 1.0)
+    assert len(chain.states) == 10 and len(chain.states._blocks) == 4
+    expected = torch.tensor([[k * 0.1] for k in range(10)])  # as _oracle_chain sets t
+    torch.testing.assert_close(chain.states_between(2, 9), expected[2:9], rtol=0, atol=0)
+    assert chain.states_between(4, 4).shape == (0, 1)
+    other = DriftChain(_OracleLogit(), divergence="kl")
+    other.restore(chain.states_between(0, 7), chain.steps_tensor()[:7])
+    D = _OracleLogit()
+    for k in range(7, 10):
+        D.t.fill_(0.1 * k)
+        other.record(D, 0.1)
+    torch.testing.assert_close(other.states_between(0, 10), expected, rtol=0, atol=0)
+    x = torch.linspace(-1, 3, 30)[:, None]
+    torch.testing.assert_close(other.apply(x), chain.apply(x), rtol=0, atol=0)
+    with pytest.raises(IndexError):
+        chain.states[10]
+
+
 def test_chain_state_round_trips_and_refuses_another_architecture():
     chain = _oracle_chain(0.1, 0.5, every=2)
     other = DriftChain(_OracleLogit(), divergence="kl", every=2)
