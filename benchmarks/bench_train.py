@@ -25,7 +25,6 @@ a figure of every method's samples at fixed wall times (first seed), in
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -43,6 +42,7 @@ from _interleave import (
 )
 from bench_divergence import CONFIGS as DIVERGENCE_CONFIGS
 
+from ganflow._io import write_json_atomic
 from ganflow.algorithm import StepConfig, algorithm_step
 from ganflow.data import load_data
 from ganflow.networks import make_discriminator, make_generator
@@ -183,7 +183,10 @@ def overhead(rounds: int = 7, iters: int = 1000, batch: int = 256, width: int = 
             "threads": torch.get_num_threads()}
 
 
-def quality(datasets, seeds, methods, iterations: int, eval_every: int) -> list[dict]:
+def quality(datasets, seeds, methods, iterations: int, eval_every: int,
+            on_block=lambda rows: None) -> list[dict]:
+    """The interleaved blocks (one per data set and seed); ``on_block(rows so far)`` after
+    each, so that a stopped sweep can keep the blocks it finished."""
     rows = []
     for data in datasets:
         for seed in seeds:
@@ -206,6 +209,7 @@ def quality(datasets, seeds, methods, iterations: int, eval_every: int) -> list[
                     plot_samples_at_times({n: r["dir"] for n, r in runs.items()}, data, times,
                                           RESULTS / f"ttq-{data}.png")
             rows += block
+            on_block(rows)
     return rows
 
 
@@ -229,13 +233,21 @@ def main() -> None:
               f"{ov['flow_ms']:.3f} ms/it (ratio {ov['ratio']:.3f}); the training loop "
               f"{ov['trainer_ms']:.3f} ms/it (ratio {ov['trainer_ratio']:.3f}); medians of "
               f"{ov['rounds']} interleaved rounds", flush=True)
+    def save() -> None:
+        if args.json is not None:
+            write_json_atomic(args.json, out)
+
     if not args.overhead_only:
         print(QUALITY_HEADER)
-        out["quality"] = quality(args.data, args.seeds, args.methods, args.iterations,
-                                 args.eval_every)
         out["iterations"] = args.iterations
+
+        def keep(rows: list[dict]) -> None:  # after every block, atomically
+            out["quality"] = rows
+            save()
+        out["quality"] = quality(args.data, args.seeds, args.methods, args.iterations,
+                                 args.eval_every, on_block=keep)
+    save()
     if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.json}")
 
 
