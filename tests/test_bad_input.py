@@ -174,14 +174,23 @@ def test_divergence_with_a_gan_baseline_warns(cwd):
 
 def test_ctrl_c_during_start_up_prints_one_line(cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ganflow", "train", "--data", "digits",
-                             "--out", "run", "--no-progress"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # importing torch takes longer: the start-up is interrupted
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    if (cwd / "run").exists():
-        pytest.skip("start-up took under 0.5 s here: the Ctrl-C reached the training loop")
+    for delay in (0.5, 1.5, 4.0):  # importing torch takes longer: the start-up is interrupted
+        proc = subprocess.Popen([sys.executable, "-m", "ganflow", "train", "--data", "digits",
+                                 "--out", "run", "--no-progress"], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        if (cwd / "run").exists():
+            pytest.skip(f"start-up took under {delay} s here: the Ctrl-C reached the "
+                        "training loop")
+        # on a loaded machine the Ctrl-C can come before Python has started ganflow at all
+        # (its own start-up, runpy): Python's traceback then has no ganflow frame and no
+        # ganflow code could have caught it; interrupt later
+        if not ("Traceback" in err and f"ganflow{os.sep}" not in err):
+            break
+    else:
+        pytest.skip("Python's own start-up outlasted every delay: nothing of ganflow ran")
     assert proc.returncode != 0
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
