@@ -79,10 +79,12 @@ class _StateRows:
 
     def between(self, start: int, end: int) -> torch.Tensor:
         """Rows [start, end) as one new (end - start, width) CPU tensor."""
-        out = torch.empty(max(end - start, 0), self.width)
-        for k in range(start, end):
-            out[k - start].copy_(self[k])
-        return out
+        parts = []  # each block's slice of [start, end)
+        for block, first in zip(self._blocks, self._starts, strict=True):
+            lo, hi = max(start, first), min(end, first + block.shape[0], self._count)
+            if lo < hi:
+                parts.append(block[lo - first:hi - first])
+        return torch.cat(parts).cpu() if parts else torch.empty(0, self.width)
 
     def replace(self, rows: torch.Tensor) -> None:
         """Hold ``rows`` (n, width) as the states (a block of their own)."""
