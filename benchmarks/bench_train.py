@@ -105,6 +105,10 @@ METHODS: dict[str, dict] = {
     "flow-chain SGD D, batch 1024, N4000": {
         **DIVERGENCE_CONFIGS["SGD flow-chain, batch 2048, eps decay 0.1"], "particles": 4000,
         "batch_size": 1024},
+    # the same with R1 on D (--d-penalty 0.1), as the GAN rows' " R1" variants
+    "flow-chain SGD D, batch 1024, N4000, R1": {
+        **DIVERGENCE_CONFIGS["SGD flow-chain, batch 2048, eps decay 0.1"], "particles": 4000,
+        "batch_size": 1024, "d_penalty": 0.1},
     # the generator as the composed flow map (no fit): the particles of "particles
     # annealed", its samples fresh draws of G_0 moved by every recorded step; N = 10 000
     # or 2000 particles, with and without R1 on D
