@@ -28,7 +28,12 @@ import torch.nn.functional as F
 
 from ganflow.algorithm import StepConfig, algorithm_step
 from ganflow.networks import make_discriminator, make_generator
-from ganflow.training.distributed import distributed_session, interrupt_flag, rank_seed
+from ganflow.training.distributed import (
+    distributed_session,
+    exit_process,
+    interrupt_flag,
+    rank_seed,
+)
 from ganflow.training.grad_sync import attach
 
 # (name, method, d_steps, fit_steps): K > 1 and several D steps check that the hook
@@ -273,3 +278,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # a rank must not run interpreter finalization (its docstring says why)

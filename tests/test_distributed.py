@@ -299,6 +299,33 @@ def test_setup_rejects_bad_environment(monkeypatch):
         setup_from_env(backend="mpi")
 
 
+_EXIT_SCRIPT = """
+import sys
+from ganflow.training import distributed
+code = {"none": None, "int": 3, "text": "bye"}[sys.argv[1]]
+if sys.argv[2] == "joined":
+    distributed._mark_joined()
+print("unflushed", end="")  # still in the buffer: os._exit alone would lose it
+# finalization must not run: an atexit handler (run by it) would print
+import atexit
+atexit.register(lambda: print("FINALIZED", file=sys.stderr))
+distributed.exit_process(code)
+"""
+
+
+@pytest.mark.parametrize("code,status", [("none", 0), ("int", 3), ("text", 1)])
+def test_exit_process_skips_finalization_only_after_joining(code, status):
+    # a rank that joined a gloo group must end without interpreter finalization (gloo
+    # threads abort it otherwise), keeping sys.exit's exit statuses and buffered output
+    for joined in ("joined", "alone"):
+        proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, code, joined],
+                              env=_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == status, proc.stderr
+        assert proc.stdout == "unflushed"
+        assert ("bye" in proc.stderr) == (code == "text")
+        assert ("FINALIZED" in proc.stderr) == (joined == "alone")
+
+
 def test_check_supported():
     one = DistContext()
     two = DistContext(rank=0, world_size=2)

@@ -1,5 +1,7 @@
 """The ``ganflow`` command line: one Typer app; each module registers its commands."""
 
+import sys
+
 import typer
 
 from ._common import app
@@ -21,8 +23,16 @@ def main() -> None:
 
     install()  # already done by `import ganflow` for python -m ganflow / the script
     try:
-        app()
-    except CtrlC:
-        typer.echo(f"error: {MESSAGE}", err=True)
-        raise SystemExit(EXIT_CODE) from None
+        try:
+            app()
+        except CtrlC:
+            typer.echo(f"error: {MESSAGE}", err=True)
+            raise SystemExit(EXIT_CODE) from None
+    except SystemExit as exc:
+        # a torchrun rank must not run interpreter finalization (exit_process says why);
+        # exit_process re-raises in a process that never joined a process group
+        distributed = sys.modules.get("ganflow.training.distributed")
+        if distributed is None:
+            raise
+        distributed.exit_process(exc.code)
 

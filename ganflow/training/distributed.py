@@ -38,6 +38,7 @@ __all__ = [
     "DistContext",
     "check_supported",
     "distributed_session",
+    "exit_process",
     "interrupt_flag",
     "rank_seed",
     "setup_from_env",
@@ -48,6 +49,9 @@ __all__ = [
 # the signals a training loop treats as Ctrl-C (stop between iterations, checkpoint):
 # SIGTERM is how job schedulers, `docker stop` and `kill` ask a process to end
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# set once this process has joined a process group: it must then end by exit_process
+_JOINED = False
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -251,8 +255,49 @@ def setup_from_env(
         if backend == "nccl":
             kwargs["device_id"] = dev  # eager NCCL init: errors show at startup
         torch.distributed.init_process_group(**kwargs)
+        _mark_joined()
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev,
                        backend=torch.distributed.get_backend())
+
+
+def _mark_joined() -> None:
+    global _JOINED
+    _JOINED = True
+
+
+def exit_process(code: int | str | None) -> None:
+    r"""End the process with ``code`` (as ``sys.exit`` would read it); a process that
+    joined a process group ends by ``os._exit``, after flushing stdout and stderr.
+
+    Why: gloo's worker threads drop their last reference to a finished collective's work
+    object some time after the collective returns, and that object may hold tensors that
+    Python created (the pickled objects of ``gather_object``). If the interpreter is
+    already finalizing, the thread's attempt to take the GIL for their decref ends the
+    thread by a forced unwind through C++, and the process aborts ("terminate called
+    without an active exception", SIGABRT) after the work was done and the run saved. A
+    backtrace of one such abort showed exactly this (``AsyncBarrierWork`` destroyed in
+    ``ProcessGroupGloo::runLoop`` during ``Py_FinalizeEx``); ``destroy_process_group`` does
+    not join those threads while the process group is still referenced elsewhere. No
+    Python code runs after this call, so skipping finalization loses nothing: every file
+    is already written atomically and closed. A process that never joined exits as usual.
+    """
+    import sys
+
+    if not _JOINED:
+        raise SystemExit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): print it, exit 1
+        print(code, file=sys.stderr)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe must not turn success into failure
+            pass
+    os._exit(status)
 
 
 def shutdown() -> None:
