@@ -145,6 +145,7 @@ def flow_map_step(
     fit_loss: str = "mse",
     fit_nearest: float = 0.0,
     sample_latent: Callable[[int], torch.Tensor] | None = None,
+    drift_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepInfo:
     r"""One iteration of the flow-map method (module docstring): calibrate, move, fit.
 
@@ -166,11 +167,13 @@ def flow_map_step(
         fit_loss: the loss of :func:`fit_pairs` (:data:`FIT_LOSSES`).
         fit_nearest, sample_latent: the weight of :func:`fit_pairs`'s nearest-particle
             term at fresh latents, and where they come from (0: off).
+        drift_fn: the drift at every particle (:func:`ganflow.particle_flow.particle_step`).
     Returns a :class:`StepInfo`: ``g_loss`` the mean fit loss, ``fit_ratio`` the RMS
     residual of the fit over the RMS move of this step (how many steps G lags behind its
     particles); ``drift_max`` NaN if some move was not finite (the caller must stop).
     """
-    info = particle_step(D, opt_d, particles, sample_data, pick, cfg, chunk=chunk)
+    info = particle_step(D, opt_d, particles, sample_data, pick, cfg, chunk=chunk,
+                         drift_fn=drift_fn)
     if repair_every > 0 and (iteration + 1) % repair_every == 0:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
         repair_pairs(G, latents, particles, gen, chunk=chunk)

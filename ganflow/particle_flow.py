@@ -49,6 +49,7 @@ def particle_step(
     cfg: StepConfig,
     *,
     chunk: int = 8192,
+    drift_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepInfo:
     r"""One iteration of the particle method: calibrate D (21), move every particle (22).
 
@@ -60,6 +61,9 @@ def particle_step(
         pick: ``pick(m)`` returns m particle indices (LongTensor) for D's fake batch.
         cfg: the step options; ``method``, ``fit_steps`` and ``pairing`` are unused.
         chunk: particles per drift evaluation (bounds D's activation memory).
+        drift_fn: the drift at every particle, given the (N, d) particles (default:
+            :func:`ganflow.algorithm.discriminator_drift` of ``D`` with ``cfg.divergence``);
+            the trainer passes one that computes its rank's rows and gathers the others'.
     Returns a :class:`StepInfo` with ``g_loss`` NaN and ``fit_steps`` 0 (there is no fit);
     ``drift_max`` is NaN/Inf when some move was not finite (the caller must stop).
     """
@@ -71,7 +75,10 @@ def particle_step(
             tol=cfg.calib_tol if cfg.faithful else None, max_steps=cfg.calib_max_steps,
             penalty=cfg.d_penalty,
         )
-    drift = discriminator_drift(D, particles, divergence=cfg.divergence, chunk=chunk)
+    if drift_fn is None:
+        drift = discriminator_drift(D, particles, divergence=cfg.divergence, chunk=chunk)
+    else:
+        drift = drift_fn(particles)
     move, eps = controlled_move(drift, cfg)
     speed = drift.norm(dim=-1)
     drift_max = float(speed.max())

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ganflow.algorithm import StepConfig, algorithm_step
+from ganflow.algorithm import StepConfig, algorithm_step, discriminator_drift
 from ganflow.networks import make_discriminator, make_generator
+from ganflow.particle_flow import particle_step
 from ganflow.training.distributed import (
     distributed_session,
     exit_process,
@@ -86,11 +87,40 @@ def _equiv(args, ctx) -> None:
         for net_name, net in (("G", G), ("D", D)):
             for k, v in net.state_dict().items():
                 out.setdefault(name, {})[f"{net_name}.{k}"] = v.detach().clone()
+    out["particles"] = _particles(args, ctx)
     out["ddp"] = _ddp_vs_hook(args, ctx)
     out["missing"] = _missing_grads(ctx)
     out["resume"] = _resume_check(args, ctx)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     torch.save(out, Path(args.out) / f"rank{ctx.rank}.pt")
+
+
+PARTICLES = 65  # odd: the ranks' shares of the drift differ in size (33 and 32 rows)
+
+
+def initial_particles(seed: int) -> torch.Tensor:
+    """The same particles on every rank (as the trainer starts them: one seed for all)."""
+    return torch.randn(PARTICLES, DIM, generator=torch.Generator().manual_seed(seed + 11))
+
+
+def _particles(args, ctx) -> dict[str, torch.Tensor]:
+    r"""Particle steps as the trainer's particle methods take them under torchrun: D
+    calibrated on each rank's own data batch and pick of particles (gradients averaged),
+    the drift computed at each rank's share of the particles and gathered
+    (:meth:`DistContext.map_rows`). Returns D's parameters and the particles."""
+    _, D = build(args.seed, args.width, args.depth)
+    opt_d = torch.optim.SGD(D.parameters(), lr=args.lr)
+    attach(opt_d, ctx)
+    gen = torch.Generator().manual_seed(rank_seed(args.seed, ctx.rank))
+    x = initial_particles(args.seed)
+    cfg = step_config("flow", 1, 1, args.batch)
+    for _ in range(args.steps):
+        particle_step(D, opt_d, x, lambda m: draw_data(m, gen),
+                      lambda m: torch.randint(0, PARTICLES, (m,), generator=gen), cfg,
+                      drift_fn=lambda p: ctx.map_rows(
+                          lambda rows: discriminator_drift(D, rows, divergence="jsd"), p))
+    return {"particles": x.clone(), **{f"D.{k}": v.detach().clone()
+                                       for k, v in D.state_dict().items()}}
 
 
 def _ddp_vs_hook(args, ctx) -> dict[str, torch.Tensor]:

@@ -21,6 +21,8 @@ import torch
 
 from ganflow._errors import GanflowError
 from ganflow.algorithm import StepConfig, algorithm_step
+from ganflow.particle_flow import particle_step
+from ganflow.training.config import TrainConfig
 from ganflow.training.distributed import (
     DistContext,
     check_supported,
@@ -133,6 +135,22 @@ def _single_process(case: tuple, args: dict) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v for n, net in (("G", G), ("D", D)) for k, v in net.state_dict().items()}
 
 
+def _single_process_particles(args: dict) -> dict[str, torch.Tensor]:
+    """The worker's particle steps in one process on the union batches (as above), the
+    drift computed at all particles at once."""
+    m = args["batch"]
+    _, D = worker.build(args["seed"], args["width"], args["depth"])
+    opt_d = torch.optim.SGD(D.parameters(), lr=args["lr"])
+    gens = [torch.Generator().manual_seed(rank_seed(args["seed"], r)) for r in (0, 1)]
+    x = worker.initial_particles(args["seed"])
+    cfg = worker.step_config("flow", 1, 1, 2 * m)
+    for _ in range(args["steps"]):
+        particle_step(D, opt_d, x, lambda n: torch.cat([worker.draw_data(m, g) for g in gens]),
+                      lambda n: torch.cat([torch.randint(0, worker.PARTICLES, (m,), generator=g)
+                                           for g in gens]), cfg)
+    return {"particles": x, **{f"D.{k}": v for k, v in D.state_dict().items()}}
+
+
 @needs_gloo
 def test_two_ranks_equal_one_process_on_the_union_batch(tmp_path):
     args = {"seed": 3, "steps": 3, "batch": 32, "width": 16, "depth": 2, "lr": 0.05}
@@ -157,6 +175,16 @@ def test_two_ranks_equal_one_process_on_the_union_batch(tmp_path):
         ref = _single_process(case, args)
         for k, v in ref.items():
             torch.testing.assert_close(r0[name][k], v, rtol=0, atol=1e-5, msg=f"{name} {k}")
+    # particle methods: the same particles on both ranks (each computed half the drift and
+    # gathered the other half), equal to one process's steps on the union batches
+    # within the tolerance above (same argument: averaged batch-mean gradients; the drift
+    # is row-wise, so computing it in parts changes only BLAS blocking, ~1e-7)
+    for k in r0["particles"]:
+        assert torch.equal(r0["particles"][k], r1["particles"][k]), k
+    ref = _single_process_particles(args)
+    assert not torch.equal(ref["particles"], worker.initial_particles(args["seed"]))
+    for k, v in ref.items():
+        torch.testing.assert_close(r0["particles"][k], v, rtol=0, atol=1e-5, msg=k)
     # the hook is DDP: DDP divides by 2 (exact) then sums; the hook sums then divides by 2
     # (exact); a sum of two floats does not depend on their order, so bitwise equal
     ddp = r0["ddp"]
@@ -339,6 +367,19 @@ def test_check_supported():
         check_supported(faithful, two)
     with pytest.raises(GanflowError, match="gauss-newton"):
         check_supported(StepConfig(fit_solver="gauss-newton"), two)
+    with pytest.raises(GanflowError, match="--distil is single-process"):
+        check_supported(TrainConfig(method="particles", distil=True), two)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [0, 1, 4, 65])
+def test_row_range_splits_rows_into_contiguous_shares(world, n):
+    shares = [DistContext(rank=r, world_size=world).row_range(n) for r in range(world)]
+    # contiguous, in rank order, covering [0, n) exactly once
+    assert shares[0][0] == 0 and shares[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(shares[:-1], shares[1:], strict=True))
+    sizes = [end - start for start, end in shares]
+    assert max(sizes) - min(sizes) <= 1  # balanced
 
 
 # ------------------------------------------------------------------ the trainer on 2 ranks
@@ -357,6 +398,31 @@ def _train_2_ranks(args: list[str], timeout: float = 2 * LAUNCH_TIMEOUT) -> str:
         assert _session_pids(proc.pid) == [], "processes left after the launch"
     assert proc.returncode == 0, err[-3000:]
     return out
+
+
+@needs_gloo
+@pytest.mark.parametrize("method,extra", [
+    ("flow-chain", []),
+    ("particles", []),
+    ("flow-map", ["--fit-steps", "2", "--repair-every", "3"]),
+])
+def test_particle_methods_on_two_ranks_resume_exactly(tmp_path, method, extra):
+    from ganflow.training import read_metrics
+
+    # the particles are replicated and each rank moves its share of them: a stop and a
+    # resume on 2 ranks must give the rows of the run that never stopped
+    common = ["--method", method, "--particles", "101", "--d-steps", "1", "--d-warmup", "2",
+              "--width", "16", "--depth", "2", "--batch-size", "32", "--eval-every", "4",
+              "--lr-decay", "1", "--seed", "5", *extra]
+    _train_2_ranks([*common, "--iterations", "8", "--out", str(tmp_path / "full")])
+    _train_2_ranks([*common, "--iterations", "4", "--out", str(tmp_path / "part")])
+    _train_2_ranks(["--resume", str(tmp_path / "part"), "--iterations", "8"])
+    full, part = (read_metrics(tmp_path / n) for n in ("full", "part"))
+    assert [r["iteration"] for r in full] == [0, 4, 8]
+    timing = {"seconds", "iter_per_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in full] == [
+        {k: v for k, v in r.items() if k not in timing} for r in part]
+    assert full[-1]["drift_rms"] > 0  # the particles moved
 
 
 @needs_gloo

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from ganflow import GanflowError
 from ganflow.cli import app
-from ganflow.data import load_data
 from ganflow.drift_chain import DriftChain
 from ganflow.tracking import track_run
 from ganflow.training import TrainConfig, load_run, read_metrics, resume, sample_run, train
@@ -241,7 +240,7 @@ def test_flow_chain_with_a_learned_discriminator_follows_the_ou_flow(tmp_path):
     assert res.on_flow.all(), (res.l1_gap, res.l1_floor)
 
 
-def test_flow_chain_refusals(tmp_path):
+def test_flow_chain_refusals():
     with pytest.raises(GanflowError, match="--chain-every thins flow-chain"):
         TrainConfig(method="flow", chain_every=2)
     with pytest.raises(GanflowError, match="--chain-every must be"):
@@ -254,10 +253,4 @@ def test_flow_chain_refusals(tmp_path):
         TrainConfig(method="flow-chain", fit_nearest=1.0)
     with pytest.raises(GanflowError, match="refuses --divergence chi2"):
         TrainConfig(method="flow-chain", divergence="chi2")
-    with pytest.raises(GanflowError, match="flow-chain is single-process"):
-        from ganflow.training.distributed import DistContext
-        from ganflow.training.session import Session
-
-        Session(TrainConfig(method="flow-chain"), tmp_path, load_data("ring8"),
-                DistContext(rank=0, world_size=2, device=torch.device("cpu")))
 

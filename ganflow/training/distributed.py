@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +165,38 @@ class DistContext:
         out: list[Any] = [None] * self.world_size
         torch.distributed.all_gather_object(out, obj)
         return out
+
+    def row_range(self, n: int) -> tuple[int, int]:
+        r"""This rank's share [start, end) of n rows: n split into ``world_size`` contiguous
+        blocks whose sizes differ by at most one (rank order). All of them on one process."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+    def map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                 ) -> torch.Tensor:
+        r"""``fn(x)`` for a row-wise ``fn`` (row i of the result depends on row i of ``x``
+        alone), computed in parts: each rank applies ``fn`` to its share of the rows
+        (:meth:`row_range`) and every rank gets all of them, in order. Every rank must
+        call it with the same ``x`` (e.g. replicated particles); one process computes
+        ``fn(x)`` whole."""
+        start, end = self.row_range(x.shape[0])
+        return self._gather_rows(fn(x[start:end]), x.shape[0])
+
+    def _gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's share of an (n, ...) tensor, put together on every rank."""
+        if not self.distributed:
+            return part
+        rows = [self.__class__(rank=r, world_size=self.world_size).row_range(n)
+                for r in range(self.world_size)]
+        longest = max(end - start for start, end in rows)
+        # all_gather needs equal shapes: pad every share to the longest, trim after
+        wire = part.new_zeros((longest, *part.shape[1:]), device=self._comm_device())
+        wire[:part.shape[0]] = part
+        out = [torch.empty_like(wire) for _ in range(self.world_size)]
+        torch.distributed.all_gather(out, wire)
+        return torch.cat([o[:end - start] for o, (start, end) in zip(out, rows, strict=True)]
+                         ).to(part.device)
 
     def shutdown(self) -> None:
         """Leave the process group (safe to call twice, or when never joined)."""
@@ -380,8 +412,9 @@ def check_supported(cfg: Any, ctx: DistContext) -> None:
 
     Rejected: ``faithful`` (rank-local stopping criteria could give ranks different
     numbers of optimizer steps, and the all-reduce of the one with more would wait
-    forever) and ``fit_solver="gauss-newton"`` (it updates G without the optimizer, so
-    the update would not be averaged and the ranks' generators would drift apart)."""
+    forever), ``fit_solver="gauss-newton"`` (it updates G without the optimizer, so
+    the update would not be averaged and the ranks' generators would drift apart) and
+    ``distil`` (the particle method's distillation is not synchronised)."""
     if ctx.world_size <= 1:
         return
     if getattr(cfg, "faithful", False):
@@ -390,6 +423,13 @@ def check_supported(cfg: Any, ctx: DistContext) -> None:
             f"each rank's own batch, so the {ctx.world_size} ranks could take different "
             "numbers of steps and deadlock; run it without torchrun (one process), or "
             "drop --faithful"
+        )
+    if getattr(cfg, "distil", False):
+        raise GanflowError(
+            f"--distil is single-process for now (world size {ctx.world_size}): the "
+            "distillation after the last iteration writes its own files and stops on "
+            "Ctrl-C without the ranks agreeing; drop --distil under torchrun, or train the "
+            "particles in one process"
         )
     if getattr(cfg, "fit_solver", "optimizer") == "gauss-newton":
         raise GanflowError(

@@ -50,9 +50,8 @@ class Session:
         method_cls = get_method(cfg.method)
         if self.ctx.world_size > 1 and not method_cls.distributed:
             raise GanflowError(
-                f"--method {cfg.method} is single-process for now: each rank would hold its "
-                f"own particles, whose moves need D's drift at all of them; run it without "
-                f"torchrun (world size {self.ctx.world_size}), on one GPU with --device cuda")
+                f"--method {cfg.method} is single-process for now; run it without torchrun "
+                f"(world size {self.ctx.world_size}), on one GPU with --device cuda")
         self.device = self.ctx.device  # cuda:LOCAL_RANK under torchrun with NCCL
         self.G, self.D = (net.to(self.device) for net in self._networks())
         self.opt_g = self._optimizer(self.G, cfg.lr_g, cfg.fit_optimizer or cfg.optimizer)

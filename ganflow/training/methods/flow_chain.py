@@ -47,7 +47,6 @@ class FlowChainMethod(HoldsParticles):
                 "fit_loss": "mse"}
     finite = ("d_loss", "drift_max")
     logged = ("d_loss", "drift_rms", "drift_max")  # no generator is fitted
-    distributed = False
     snapshot_prefix = "C"
 
     def __init__(self, session) -> None:
@@ -80,7 +79,7 @@ class FlowChainMethod(HoldsParticles):
     def step(self) -> StepInfo:
         s = self.s
         info = particle_step(s.D, s.opt_d, self.particles, s.sample_data, self.pick,
-                             s.step_cfg)
+                             s.step_cfg, drift_fn=self.drift_at)
         cfg = s.step_cfg
         limit = cfg.cfl * cfg.length_scale if cfg.faithful else float("inf")
         self.chain.record(s.D, info.flow_time, limit=limit)

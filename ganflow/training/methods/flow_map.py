@@ -34,7 +34,6 @@ class FlowMapMethod(HoldsParticles):
     defaults = {"d_steps": 20, "fit_steps": 10, "d_warmup": 500, "repair_every": 100,
                 "fit_loss": "l1"}
     finite = ("d_loss", "g_loss", "drift_max")
-    distributed = False
 
     def __init__(self, session) -> None:
         super().__init__(session)
@@ -67,7 +66,8 @@ class FlowMapMethod(HoldsParticles):
                              s.sample_data, self.pick, s.step_cfg,
                              repair_every=s.cfg.repair_every, iteration=s.iteration,
                              seed=s.cfg.seed, fit_loss=s.cfg.fit_loss,
-                             fit_nearest=s.cfg.fit_nearest, sample_latent=s.sample_latent)
+                             fit_nearest=s.cfg.fit_nearest, sample_latent=s.sample_latent,
+                             drift_fn=self.drift_at)
 
     @torch.no_grad()
     def eval_metrics(self) -> dict:

@@ -19,7 +19,7 @@ import torch
 
 from ..._errors import GanflowError, TrainingDivergedError
 from ..._io import write_json_atomic
-from ...algorithm import StepInfo
+from ...algorithm import StepInfo, discriminator_drift
 from ...data import load_data
 from ...metrics import mode_metrics
 from ...particle_flow import distil_step, particle_step
@@ -77,6 +77,16 @@ class HoldsParticles(Method):
     def fake_batch(self, m: int) -> torch.Tensor:
         return self.particles[self.pick(m)]
 
+    def drift_at(self, particles: torch.Tensor) -> torch.Tensor:
+        r"""D's drift (eq. (20) / section 7) at every particle. Under torchrun every rank
+        holds the same particles and the same D (its gradients are averaged): each
+        computes the drift at its share of the rows and gathers the others', so every
+        rank makes the same move at 1 / world_size of the cost."""
+        s = self.s
+        return s.ctx.map_rows(
+            lambda rows: discriminator_drift(s.D, rows, divergence=s.cfg.divergence),
+            particles)
+
     def check_finite(self) -> str | None:
         return None if torch.isfinite(self.particles).all() else "particles"
 
@@ -86,7 +96,6 @@ class ParticleMethod(HoldsParticles):
     """N particles, part of every checkpoint, moved by the calibrated D's drift."""
 
     samples_are_particles = True
-    distributed = False
     snapshot_prefix = "P"
     finite = ("d_loss", "drift_max")
     logged = ("d_loss", "drift_rms", "drift_max")  # no generator is fitted
@@ -128,7 +137,8 @@ class ParticleMethod(HoldsParticles):
     def step(self) -> StepInfo:
         self.distilled = False  # the particles move on from any distilled G
         s = self.s
-        return particle_step(s.D, s.opt_d, self.particles, s.sample_data, self.pick, s.step_cfg)
+        return particle_step(s.D, s.opt_d, self.particles, s.sample_data, self.pick,
+                             s.step_cfg, drift_fn=self.drift_at)
 
     # ------------------------------------------------------------ samples
     def max_draw(self) -> int | None:
