@@ -10,9 +10,12 @@ mode-weight KL <= 0.05) or "not reached".
 Configurations: 1 process x 512 (the default), 2 x 256 (the same effective batch: pure
 overhead of the second process) and 2 x 512 (twice the batch per iteration). On a 2-core
 machine nothing can be gained; the point is what it costs. With a GPU lent, ``--device
-cuda`` runs the same with NCCL (one GPU per rank).
+cuda`` runs the same with NCCL (one GPU per rank). ``--configs`` chooses others
+("PROCESSES x BATCH") and ``--train-args`` adds options to every launch (another method).
 
     python benchmarks/bench_distributed.py --iterations 3000
+    python benchmarks/bench_distributed.py --data ring8 --configs "1 x 1024" "2 x 512" \
+        --train-args="--method flow-chain --particles 4000 ..." --json F
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -51,16 +55,28 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
+                    help='"PROCESSES x BATCH_PER_RANK" each, the first the baseline')
+    ap.add_argument("--train-args", default="",
+                    help="options added to every `ganflow train` (one quoted string)")
     ap.add_argument("--json", type=Path, default=RESULTS / "bench_distributed.json")
     args = ap.parse_args()
+    configs = []
+    for name in args.configs:
+        try:
+            nproc, batch = (int(v) for v in name.split("x"))
+        except ValueError:
+            ap.error(f"--configs {name!r}: expected 'PROCESSES x BATCH', e.g. '2 x 256'")
+        configs.append((name, nproc, batch))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, nproc, batch in CONFIGS:
+        for name, nproc, batch in configs:
             out = Path(tmp) / name.replace(" ", "")
             wall = launch(nproc, ["--data", args.data, "--iterations", str(args.iterations),
                                   "--eval-every", str(args.eval_every), "--batch-size",
                                   str(batch), "--seed", str(args.seed), "--device",
-                                  args.device, "--no-progress", "--out", str(out)],
+                                  args.device, "--no-progress", "--out", str(out),
+                                  *shlex.split(args.train_args)],
                           timeout=3600)
             q = quality_row(out, args.data)
             rows.append({"config": name, "processes": nproc, "batch_per_rank": batch,
@@ -70,10 +86,11 @@ def main() -> None:
             print(f"{name}: {rows[-1]['it_per_s']:.1f} it/s", flush=True)
     print_table(rows, ["config", "effective_batch", "it_per_s", "seconds", "launch_wall_s",
                        "modes", "hq", "mode_kl", "w2", "time_to_quality_s"])
-    base = rows[0]["it_per_s"]
+    base, base_batch = rows[0]["it_per_s"], rows[0]["effective_batch"]
     for r in rows[1:]:
-        print(f"{r['config']}: {r['it_per_s'] / base:.2f}x the iterations/s of 1 x 512, "
-              f"{r['it_per_s'] * r['effective_batch'] / (base * 512):.2f}x the samples/s")
+        samples = r["it_per_s"] * r["effective_batch"] / (base * base_batch)
+        print(f"{r['config']}: {r['it_per_s'] / base:.2f}x the iterations/s of "
+              f"{rows[0]['config']}, {samples:.2f}x the samples/s")
     args.json.parent.mkdir(exist_ok=True)
     args.json.write_text(json.dumps({"env": environment(), "args": {
         k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1) + "\n")
