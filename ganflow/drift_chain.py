@@ -155,10 +155,11 @@ class DriftChain:
         return next(iter(self.template.state_dict().values())).device
 
     def apply(self, x: torch.Tensor, *, steps: int | None = None, start: int = 0,
-              chunk: int = 8192) -> torch.Tensor:
+              chunk: int = 8192, progress: bool = False) -> torch.Tensor:
         r"""x (n, d) moved by the recorded steps ``start`` to ``steps`` - 1 (by default all
         of them): the flow map X_t, t the sum of their eps. Moving by steps [0, k) then
-        [k, n) is bit for bit moving by [0, n). Returns a new tensor; x is not changed."""
+        [k, n) is bit for bit moving by [0, n). Returns a new tensor; x is not changed.
+        ``progress``: a bar over the steps on stderr (a long chain takes minutes)."""
         n_steps = len(self.steps) if steps is None else steps
         if not (isinstance(n_steps, int) and 0 <= n_steps <= len(self.steps)):
             raise GanflowError(f"DriftChain.apply: steps must be an integer in [0, "
@@ -168,7 +169,13 @@ class DriftChain:
                                f"{n_steps}], got {start!r}")
         x = x.detach().clone()
         loaded = -1
-        for k in range(start, n_steps):
+        todo = range(start, n_steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            todo = tqdm(todo, desc=f"{x.shape[0]} samples through the chain", unit="step",
+                        dynamic_ncols=True, leave=False)
+        for k in todo:
             state, eps, limit = self.steps[k]
             if state != loaded:
                 self._load(self.states[state])

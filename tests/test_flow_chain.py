@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from _ou_flow import M0, S0, assert_run_follows_the_flow, learned_d_config
@@ -222,6 +223,16 @@ def test_flow_chain_resume_and_snapshots_are_exact(tmp_path):
     cli = CliRunner().invoke(app, ["sample", str(tmp_path / "full"), "--snapshot", "20",
                                    "--n", "40", "--out", str(out)])
     assert cli.exit_code == 0, cli.output
+    # moving samples through a chain shows a bar over its steps (20 of them here), unless
+    # --no-progress; the samples are the same either way
+    assert "40 samples through the chain" in cli.stderr and "/20 " in cli.stderr
+    quiet = CliRunner().invoke(app, ["sample", str(tmp_path / "full"), "--snapshot", "20",
+                                     "--n", "40", "--out", str(out), "--force",
+                                     "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "through the chain" not in quiet.stderr
+    torch.testing.assert_close(torch.from_numpy(np.load(out)),
+                               sample_run(tmp_path / "full", 40, snapshot=20), rtol=0, atol=0)
     with pytest.raises(GanflowError, match="saved iterations: \\[0, 10, 20, 30\\]"):
         sample_run(tmp_path / "full", 8, snapshot=15)
     # a folder that lost a segment says so

@@ -183,6 +183,9 @@ def sample(
         "--snapshot", help="draw from the generator saved at this evaluation's iteration "
         "(snapshots/G-*, P-*, C-*; default: the latest checkpoint).")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite --out if it exists.")] = False,
+    progress: Annotated[bool, typer.Option(
+        "--progress/--no-progress", help="a bar while a flow-chain run moves the samples "
+        "through its recorded steps (minutes for a long chain).")] = True,
 ) -> None:
     """Draw samples from a trained run's generator (or its particles) into a .npy file."""
     import numpy as np
@@ -194,7 +197,7 @@ def sample(
         if out.suffix.lower() != ".npy":
             raise GanflowError(f"--out must end in .npy, got {str(out)!r}")
         _check_output_file(out, force)  # before loading the run
-        x = sample_run(run, n, seed=seed, snapshot=snapshot).numpy()
+        x = sample_run(run, n, seed=seed, snapshot=snapshot, progress=progress).numpy()
     buf = io.BytesIO()
     np.save(buf, x)
     try:

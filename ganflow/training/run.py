@@ -81,17 +81,24 @@ class Run:
         """n latent vectors z ~ N(0, I) on the run's device."""
         return self.session.sample_latent(n, gen or torch.Generator().manual_seed(0))
 
-    def sample(self, n: int, *, seed: int = 0, snapshot: int | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, seed: int = 0, snapshot: int | None = None,
+               progress: bool = False) -> torch.Tensor:
         """``n`` samples (n, d), float32 on the CPU: from the generator (a particle run:
         its distilled generator, else ``n`` distinct particles), or from the one saved at
         iteration ``snapshot`` (``snapshots/G-<it>``, a particle run's ``P-<it>``, a flow-chain
-        run's ``C-<it>``)."""
+        run's ``C-<it>``). ``progress``: a bar while a flow-chain run moves the samples
+        through its recorded steps."""
         if int(n) != n or n < 1:
             raise GanflowError(f"--n must be a positive integer, got {n!r}")
         gen = torch.Generator().manual_seed(seed)
-        if snapshot is None:
-            return self.session.draw(int(n), gen, use_generator=self.has_generator).cpu()
-        return self._sample_snapshot(int(n), gen, snapshot)
+        method = self.session.method
+        method.progress = progress
+        try:
+            if snapshot is None:
+                return self.session.draw(int(n), gen, use_generator=self.has_generator).cpu()
+            return self._sample_snapshot(int(n), gen, snapshot)
+        finally:
+            method.progress = False
 
     def _sample_snapshot(self, n: int, gen: torch.Generator, iteration: int) -> torch.Tensor:
         snaps = self.path / "snapshots"
@@ -268,11 +275,11 @@ def resume(
 
 
 def sample_run(run_dir: str | Path, n: int, *, seed: int = 0,
-               snapshot: int | None = None) -> torch.Tensor:
+               snapshot: int | None = None, progress: bool = False) -> torch.Tensor:
     """Draw ``n`` samples (n, d) from a run (CPU, float32): :meth:`Run.sample`."""
     if int(n) != n or n < 1:
         raise GanflowError(f"--n must be a positive integer, got {n!r}")
-    return load_run(run_dir).sample(n, seed=seed, snapshot=snapshot)
+    return load_run(run_dir).sample(n, seed=seed, snapshot=snapshot, progress=progress)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

@@ -101,6 +101,8 @@ class Method:
 
     def __init__(self, session: Session) -> None:
         self.s = session
+        # show a bar while drawing samples (set by Run.sample for long draws)
+        self.progress = False
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -98,7 +98,7 @@ class FlowChainMethod(HoldsParticles):
             x = self.s.G(self.s.sample_latent(n, gen))
         else:
             self.s.sample_latent(n, gen)  # leaves gen where a fresh draw would
-        x = self.chain.apply(x, start=done)
+        x = self.chain.apply(x, start=done, progress=self.progress)
         self._draws = {key: (len(self.chain), x)}  # one cached draw: the evaluations'
         return x
 
@@ -124,7 +124,8 @@ class FlowChainMethod(HoldsParticles):
 
         @torch.no_grad()
         def sample(n: int, gen: torch.Generator) -> torch.Tensor:
-            return self.chain.apply(s.G(s.sample_latent(n, gen)), steps=steps)
+            return self.chain.apply(s.G(s.sample_latent(n, gen)), steps=steps,
+                                    progress=self.progress)
         return sample
 
     def summary_lines(self) -> list[str]:
