@@ -1,6 +1,7 @@
 """The ``ganflow`` command line: one Typer app; each module registers its commands."""
 
 import sys
+import traceback
 
 import typer
 
@@ -31,8 +32,15 @@ def main() -> None:
     except SystemExit as exc:
         # a torchrun rank must not run interpreter finalization (exit_process says why);
         # exit_process re-raises in a process that never joined a process group
-        distributed = sys.modules.get("ganflow.training.distributed")
-        if distributed is None:
-            raise
-        distributed.exit_process(exc.code)
+        _exit(exc.code)
+    except Exception:  # a bug: the traceback and status 1, as Python itself would
+        traceback.print_exc()
+        _exit(1)
+
+
+def _exit(code: int | str | None) -> None:
+    distributed = sys.modules.get("ganflow.training.distributed")
+    if distributed is None:
+        raise SystemExit(code)
+    distributed.exit_process(code)
 
