@@ -188,7 +188,7 @@ def test_particles_are_the_generator_at_their_own_latents(tmp_path):
         torch.testing.assert_close(v, g0[k], rtol=0, atol=0)
 
 
-def test_flow_chain_resume_and_snapshots_are_exact(tmp_path):
+def test_flow_chain_resume_and_snapshots_are_exact(tmp_path, monkeypatch):
     cfg = TrainConfig(**SMALL)
     train(cfg, out=tmp_path / "full", progress=False)
     part = train(cfg, out=tmp_path / "part", progress=False, stop_at=10)
@@ -199,13 +199,24 @@ def test_flow_chain_resume_and_snapshots_are_exact(tmp_path):
     chain_dir = tmp_path / "part" / "chain"
     stale = chain_dir / "D-00000010-00000015.safetensors"
     stale.write_bytes((chain_dir / "D-00000000-00000010.safetensors").read_bytes())
+    # the checkpoint holds the evaluations' draw: the resumed run continues it from step
+    # 10 instead of moving its samples through the chain from step 0 again
+    starts = []
+    apply = DriftChain.apply
+
+    def spy(self, x, **kw):
+        starts.append(kw.get("start", 0))
+        return apply(self, x, **kw)
+
+    monkeypatch.setattr(DriftChain, "apply", spy)
     resume(tmp_path / "part", progress=False)
+    monkeypatch.undo()
+    assert starts[0] == 10, starts
     assert not stale.exists()
     a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
     keys = ("iteration", "flow_time", "energy", "w2", "hq", "mode_kl", "particles_hq",
             "d_loss", "drift_rms")
-    # the resumed run recomputes its evaluation draw from step 0, the other continued its
-    # cached one: the same numbers either way
+    # bit for bit the numbers of the run that never stopped
     assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in b]
     torch.testing.assert_close(sample_run(tmp_path / "full", 64), sample_run(tmp_path / "part", 64),
                                rtol=0, atol=0)

@@ -163,8 +163,16 @@ class FlowChainMethod(HoldsParticles):
                 folder / f"D-{self._saved:08d}-{n:08d}.safetensors",
                 {"states": self.chain.states_between(self._saved, n)})
             self._saved = n
-        return {"particles": self.particles.detach().cpu().contiguous(),
-                "chain_steps": self.chain.steps_tensor()}
+        out = {"particles": self.particles.detach().cpu().contiguous(),
+               "chain_steps": self.chain.steps_tensor()}
+        # the evaluations' cached draw, so that a resumed run continues it instead of
+        # moving its samples through every step again (minutes for a long chain)
+        for (_n, gen_state), (done, x) in self._draws.items():
+            out.update({"eval_draw": x.detach().cpu().contiguous(),
+                        "eval_draw_gen": torch.frombuffer(bytearray(gen_state),
+                                                          dtype=torch.uint8),
+                        "eval_draw_steps": torch.tensor([done])})
+        return out
 
     def state_meta(self) -> dict:
         return {"chain_states": len(self.chain.states)}
@@ -186,3 +194,8 @@ class FlowChainMethod(HoldsParticles):
         self.chain.restore(states, tensors["chain_steps"])
         self._saved = n
         self._draws = {}
+        if "eval_draw" in tensors:  # continued, as in the run that never stopped
+            done, x = int(tensors["eval_draw_steps"][0]), tensors["eval_draw"]
+            if done <= len(self.chain):
+                key = (x.shape[0], bytes(tensors["eval_draw_gen"].numpy()))
+                self._draws = {key: (done, x.to(self.s.device))}
