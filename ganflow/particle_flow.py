@@ -63,7 +63,8 @@ def particle_step(
         chunk: particles per drift evaluation (bounds D's activation memory).
         drift_fn: the drift at every particle, given the (N, d) particles (default:
             :func:`ganflow.algorithm.discriminator_drift` of ``D`` with ``cfg.divergence``);
-            the trainer passes one that computes its rank's rows and gathers the others'.
+            the trainer passes one that computes its rank's rows and gathers the others'
+            (``chunk`` is then that function's business).
     Returns a :class:`StepInfo` with ``g_loss`` NaN and ``fit_steps`` 0 (there is no fit);
     ``drift_max`` is NaN/Inf when some move was not finite (the caller must stop).
     """

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ganflow._errors import GanflowError
 from ganflow.algorithm import StepConfig, algorithm_step, discriminator_drift
 from ganflow.networks import make_discriminator, make_generator
 from ganflow.particle_flow import particle_step
@@ -88,6 +89,15 @@ def _equiv(args, ctx) -> None:
             for k, v in net.state_dict().items():
                 out.setdefault(name, {})[f"{net_name}.{k}"] = v.detach().clone()
     out["particles"] = _particles(args, ctx)
+    # replicas that parted (rank 1's copy off by 0.5) are reset to rank 0's, once
+    t = torch.arange(4.0) + (0.5 if ctx.rank == 1 else 0.0)
+    changed = [ctx.sync_replicas(t), ctx.sync_replicas(t)]
+    out["sync"] = {"t": t, "changed": torch.tensor(changed)}
+    try:  # a function that is not row-wise is refused on every rank, before any gather
+        ctx.map_rows(lambda rows: rows[:1], torch.zeros(4, 2))
+        out["sync"]["refused"] = torch.tensor(False)
+    except GanflowError:
+        out["sync"]["refused"] = torch.tensor(True)
     out["ddp"] = _ddp_vs_hook(args, ctx)
     out["missing"] = _missing_grads(ctx)
     out["resume"] = _resume_check(args, ctx)

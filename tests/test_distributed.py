@@ -185,6 +185,11 @@ def test_two_ranks_equal_one_process_on_the_union_batch(tmp_path):
     assert not torch.equal(ref["particles"], worker.initial_particles(args["seed"]))
     for k, v in ref.items():
         torch.testing.assert_close(r0["particles"][k], v, rtol=0, atol=1e-5, msg=k)
+    # replicated state that parted is reset to rank 0's on both ranks, and only once
+    for r in (r0, r1):
+        assert torch.equal(r["sync"]["t"], torch.arange(4.0))
+        assert r["sync"]["changed"].tolist() == [True, False]
+        assert bool(r["sync"]["refused"])
     # the hook is DDP: DDP divides by 2 (exact) then sums; the hook sums then divides by 2
     # (exact); a sum of two floats does not depend on their order, so bitwise equal
     ddp = r0["ddp"]
@@ -374,6 +379,10 @@ def test_check_supported():
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 @pytest.mark.parametrize("n", [0, 1, 4, 65])
 def test_row_range_splits_rows_into_contiguous_shares(world, n):
+    # without a process group map_rows computes fn(x) whole, whatever world_size says
+    x = torch.arange(2 * n, dtype=torch.float32).reshape(n, 2)
+    assert torch.equal(DistContext(rank=0, world_size=world).map_rows(lambda r: 2 * r, x),
+                       2 * x)
     shares = [DistContext(rank=r, world_size=world).row_range(n) for r in range(world)]
     # contiguous, in rank order, covering [0, n) exactly once
     assert shares[0][0] == 0 and shares[-1][1] == n

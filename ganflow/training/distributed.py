@@ -180,13 +180,36 @@ class DistContext:
         (:meth:`row_range`) and every rank gets all of them, in order. Every rank must
         call it with the same ``x`` (e.g. replicated particles); one process computes
         ``fn(x)`` whole."""
+        if not self.distributed:
+            return fn(x)
         start, end = self.row_range(x.shape[0])
-        return self._gather_rows(fn(x[start:end]), x.shape[0])
+        part = fn(x[start:end])
+        if part.shape[0] != end - start:
+            raise GanflowError(f"map_rows: fn gave {part.shape[0]} rows for {end - start}; "
+                               "expected a row-wise function (one output row per row)")
+        return self._gather_rows(part, x.shape[0])
+
+    def sync_replicas(self, *tensors: torch.Tensor) -> bool:
+        r"""Make replicated tensors (the same on every rank by construction) equal to rank
+        0's if they are not; returns whether they had to be. Every rank must call it.
+
+        Replicas stay equal only while every rank's arithmetic is bitwise the same; a
+        nondeterministic kernel (some CUDA ones) or unlike devices could part them
+        silently. A float64 checksum per tensor is compared (one small all-gather); only
+        on a mismatch are the tensors sent from rank 0."""
+        if not self.distributed:
+            return False
+        sums = [float(t.double().sum()) for t in tensors]
+        if all(other == sums for other in self.all_gather_objects(sums)):
+            return False
+        for t in tensors:
+            wire = t.to(self._comm_device())
+            torch.distributed.broadcast(wire, src=0)
+            t.copy_(wire)
+        return True
 
     def _gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """Every rank's share of an (n, ...) tensor, put together on every rank."""
-        if not self.distributed:
-            return part
         rows = [self.__class__(rank=r, world_size=self.world_size).row_range(n)
                 for r in range(self.world_size)]
         longest = max(end - start for start, end in rows)
@@ -317,19 +340,15 @@ def exit_process(code: int | str | None) -> None:
 
     if not _JOINED:
         raise SystemExit(code)
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:  # sys.exit("message"): print it, exit 1
-        print(code, file=sys.stderr)
-        status = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    try:
+        if not isinstance(code, int | None):  # sys.exit("message"): print it, exit 1
+            print(code, file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe must not turn success into failure
-            pass
-    os._exit(status)
+    except (OSError, ValueError, AttributeError):  # a closed or absent stream must not
+        pass  # turn the exit into a normal one (finalization is what this avoids)
+    os._exit(int(status))
 
 
 def shutdown() -> None:

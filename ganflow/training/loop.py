@@ -9,6 +9,7 @@ The loop knows nothing of any method: it calls :meth:`Method.step` and the colla
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,12 @@ def _postfix(s: Session) -> dict:
 
 def _save_all_ranks(s: Session) -> None:
     """Checkpoint on rank 0 with every rank's batch-generator state (a collective:
-    every rank calls it at the same iteration)."""
+    every rank calls it at the same iteration); replicated state that parted between
+    ranks is reset to rank 0's first, with a warning."""
+    if s.ctx.sync_replicas(*s.method.replicated()) and s.ctx.is_main:
+        print(f"warning: at iteration {s.iteration} the ranks' copies of the "
+              f"{s.cfg.method} state differed (nondeterministic arithmetic?); reset to rank "
+              "0's", file=sys.stderr)
     s.rng_states = s.ctx.gather_objects(s.gen.get_state())
     if s.ctx.is_main:
         save_checkpoint(s)

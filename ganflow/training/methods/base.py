@@ -181,3 +181,7 @@ class Method:
     def check_finite(self) -> str | None:
         """What is NaN/Inf in the method's state (None: all finite); checked before saving."""
         return None
+
+    def replicated(self) -> tuple[torch.Tensor, ...]:
+        """State that every rank holds a copy of (checked equal at every checkpoint)."""
+        return ()

@@ -100,7 +100,7 @@ class FlowChainMethod(HoldsParticles):
             self.s.sample_latent(n, gen)  # leaves gen where a fresh draw would
         x = self.chain.apply(x, start=done, progress=self.progress)
         self._draws = {key: (len(self.chain), x)}  # one cached draw: the evaluations'
-        return x
+        return x.clone()  # a caller's in-place change must not reach the cache
 
     def eval_metrics(self) -> dict:
         s = self.s

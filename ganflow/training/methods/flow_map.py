@@ -69,6 +69,9 @@ class FlowMapMethod(HoldsParticles):
                              fit_nearest=s.cfg.fit_nearest, sample_latent=s.sample_latent,
                              drift_fn=self.drift_at)
 
+    def replicated(self) -> tuple[torch.Tensor, ...]:
+        return (self.latents, self.particles)
+
     @torch.no_grad()
     def eval_metrics(self) -> dict:
         s = self.s

@@ -90,6 +90,9 @@ class HoldsParticles(Method):
     def check_finite(self) -> str | None:
         return None if torch.isfinite(self.particles).all() else "particles"
 
+    def replicated(self) -> tuple[torch.Tensor, ...]:
+        return (self.particles,)
+
 
 @register_method("particles")
 class ParticleMethod(HoldsParticles):
