@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -169,9 +170,7 @@ class DistContext:
     def row_range(self, n: int) -> tuple[int, int]:
         r"""This rank's share [start, end) of n rows: n split into ``world_size`` contiguous
         blocks whose sizes differ by at most one (rank order). All of them on one process."""
-        base, extra = divmod(n, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return start, start + base + (1 if self.rank < extra else 0)
+        return _share(n, self.rank, self.world_size)
 
     def map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
                  ) -> torch.Tensor:
@@ -210,8 +209,7 @@ class DistContext:
 
     def _gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """Every rank's share of an (n, ...) tensor, put together on every rank."""
-        rows = [self.__class__(rank=r, world_size=self.world_size).row_range(n)
-                for r in range(self.world_size)]
+        rows = [_share(n, r, self.world_size) for r in range(self.world_size)]
         longest = max(end - start for start, end in rows)
         # all_gather needs equal shapes: pad every share to the longest, trim after
         wire = part.new_zeros((longest, *part.shape[1:]), device=self._comm_device())
@@ -232,6 +230,13 @@ class DistContext:
 
     def _object_device(self) -> torch.device | None:
         return self.device if self.backend == "nccl" else None
+
+
+def _share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share [start, end) of n rows split over ``world``."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
 
 
 def _initialized() -> bool:
@@ -336,8 +341,6 @@ def exit_process(code: int | str | None) -> None:
     Python code runs after this call, so skipping finalization loses nothing: every file
     is already written atomically and closed. A process that never joined exits as usual.
     """
-    import sys
-
     if not _JOINED:
         raise SystemExit(code)
     status = 0 if code is None else code if isinstance(code, int) else 1
