@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -42,27 +43,35 @@ def flag(name: str) -> str:
 class TrainConfig:
     r"""Every option of a run; the defaults are ``ganflow train``'s.
 
-    The defaults are Algorithm 1 with the JSD, eps = 1, K = 1, index pairing, Adam
-    (lr 1e-3, beta1 0.5) for both networks with a linear learning-rate decay to 1 %,
-    batch 512, 3 x 128 ReLU MLPs, latent dimension 2 and 10 000 iterations: the paper's
-    algorithm as it stands, with the settings that did best on ring8 (all modes, balanced
-    weights, across seeds). The comments on the fields give the reason for each choice;
-    the runs behind them and the alternatives that were rejected are in docs/history.md.
-    ``None`` fields are resolved from the data and the method when a run is created
-    (:meth:`resolved`) and stored resolved in config.json.
+    The default method is flow-chain (a generator that is the flow map of its particles'
+    flow, THEORY.md section 8), which reached the ring8 and grid25 bars first and ended
+    ahead on digits in the benchmarks (benchmarks/README.md). Options that are ``None``
+    here take the method's defaults for the data (points or images), when a run is
+    created (:meth:`resolved`, :meth:`Method.defaults_for
+    <ganflow.training.methods.base.Method.defaults_for>`), and are stored resolved in
+    config.json: on points flow-chain moves 4000 particles by the JSD drift of a D trained
+    by one constant SGD step of 0.1 per iteration on batches of 1024, eps 1 decaying to
+    0.1, for 3000 iterations; on images the KL drift of an Adam D with an R1 penalty of
+    10, 2000 particles, eps decaying to 0.01. ``--method flow`` is the paper's Algorithm 1
+    (JSD, eps 1, K 1, index pairing, Adam lr 1e-3 decaying to 1 % for both networks,
+    batches of 512, 10 000 iterations). The comments on the fields give the reason for
+    each choice; the runs behind them and the alternatives rejected are in
+    docs/history.md and benchmarks/README.md.
     """
 
     data: str = _opt("ring8", "ring8, grid25, swissroll, moons, checkerboard, circles, "
                      "bimodal, normal:MEAN:STD, a mixture .json, a .npy/.csv table of shape "
                      "(n, d); images: digits, mnist, mnist:PATH (.npz/.npy/PNG folder).")
-    method: str = _opt("flow", "flow (Algorithm 1), gan (saturating ln(1-D)), gan-ns "
+    method: str = _opt("flow-chain", "flow-chain (the default: the generator is G_0 "
+                       "followed by every recorded step of its particles' flow), flow "
+                       "(Algorithm 1), gan (saturating ln(1-D)), gan-ns "
                        "(non-saturating -ln D), particles (no generator: N particles moved "
                        "by D's drift), flow-map (a generator regressed on N latent-particle "
-                       "pairs moved by D's drift: it follows the flow), flow-chain (the generator "
-                       "is G_0 followed by every recorded step of the particles' flow).")
-    divergence: str = _opt("jsd", "flow's divergence: jsd, kl, ns, chi2.")
+                       "pairs moved by D's drift: it follows the flow).")
+    divergence: str | None = _opt(None, "flow's divergence: jsd, kl, ns, chi2; default "
+                                  "jsd (flow-chain on images: kl).")
     eps: float = _opt(1.0, "flow time step of eq. (22) (faithful: the largest one).")
-    # None = by method (ganflow.training.methods): 1 and 1 for the paper's Algorithm 1
+    # None = by method and data (Method.defaults_for): 1 and 1 for the paper's Algorithm 1
     # and the GANs; flow-map 20 and 10, since its generator stays on the flow only if D is
     # calibrated and the fit accurate at every step
     fit_steps: int | None = _opt(None, "K descent steps on the same z and targets "
@@ -76,23 +85,29 @@ class TrainConfig:
     d_warmup: int | None = _opt(None, "discriminator steps before the first move; default "
                                 "0, flow-map 500.")
     # on ring8 with SGD it stops the collapse and the runaway (bench_divergence.py)
-    d_penalty: float = _opt(0.0, "gamma of an R1 gradient penalty (gamma/2) E_data "
-                            "|grad f|^2 on D; 0: off.")
+    d_penalty: float | None = _opt(None, "gamma of an R1 gradient penalty (gamma/2) E_data "
+                                   "|grad f|^2 on D; 0: off; default 0 (flow-chain on "
+                                   "images: 10).")
     # 512 rather than 256: a larger batch estimates the mode weights, which the flow
     # must balance, better
-    batch_size: int = _opt(512, "m, samples per batch.")
+    batch_size: int | None = _opt(None, "m, samples per batch; default 512 (flow-chain on "
+                                  "points: 1024).")
     lr_g: float = _opt(1e-3, "generator learning rate.")
-    lr_d: float = _opt(1e-3, "discriminator learning rate.")
-    optimizer: str = _opt("adam", "adam or sgd.")
+    lr_d: float | None = _opt(None, "discriminator learning rate; default 1e-3 "
+                              "(flow-chain on points: 0.1, SGD).")
+    optimizer: str | None = _opt(None, "adam or sgd; default adam (flow-chain on points: "
+                                 "sgd, for D).")
     beta1: float = _opt(0.5, "Adam's beta1.")
     # ring8's modes are 0.02 wide, and only a decaying step lets Adam's jitter fall below
-    lr_decay: float = _opt(0.01, "final / initial learning rate (linear decay over the run).")
+    lr_decay: float | None = _opt(None, "final / initial learning rate (linear decay over "
+                                  "the run); default 0.01 (flow-chain on points: 1).")
     lr_decay_iters: int = _opt(0, "iterations of the decays (0: the run's --iterations "
                                "when it is created).", cli=False)
     # for particles this anneals the moves, as a decaying lr anneals a generator's Adam
     # steps (Adam moves G by about lr whatever eps is)
-    eps_decay: float = _opt(1.0, "final / initial eps (linear decay over the run, as "
-                            "--lr-decay); anneals particles.")
+    eps_decay: float | None = _opt(None, "final / initial eps (linear decay over the run, "
+                                   "as --lr-decay); anneals particles; default 1 "
+                                   "(flow-chain: 0.1 on points, 0.01 on images).")
     width: int | None = _opt(None, "hidden units per layer (default 128), or conv channels "
                              "for image data (default 32).")
     depth: int = _opt(3, "hidden layers (MLPs; not image data).")
@@ -106,8 +121,9 @@ class TrainConfig:
     seed: int = _opt(0, "seed of initialisation and batches.")
     device: str = _opt("cpu", "cpu, cuda, cuda:1, ...")
     # 3000 for images: a digits run then takes minutes on 2 cores
-    iterations: int | None = _opt(None, "iterations in all (default 10000, 3000 for "
-                                  "images; with --resume: continue up to this).")
+    iterations: int | None = _opt(None, "iterations in all (default 10000; 3000 for "
+                                  "images and for flow-chain; with --resume: continue up "
+                                  "to this).")
     eval_every: int = _opt(1000, "evaluate and checkpoint every N iterations.")
     eval_samples: int = _opt(2500, "samples per evaluation.", cli=False)
     w2_samples: int = _opt(1000, "samples of the W2 estimate per evaluation.", cli=False)
@@ -129,8 +145,9 @@ class TrainConfig:
     init: str = _opt("", "start law: any --data spec of the data's dimension "
                      "(normal:MEAN:STD, a mixture .json, a .npy); the generator is fitted "
                      "to it before iteration 0 (default: the untrained generator's law).")
-    particles: int = _opt(10000, "particles / flow-map: how many particles / "
-                          "latent-particle pairs (N).")
+    particles: int | None = _opt(None, "particles / flow-map / flow-chain: how many "
+                                 "particles / latent-particle pairs (N); default 10000 "
+                                 "(flow-chain: 4000 on points, 2000 on images).")
     # the flow map X_t o G_0 sends neighbouring latents to different modes once the modes
     # are sharp, which a continuous G cannot fit; re-pairing keeps the particles' law
     repair_every: int | None = _opt(None, "flow-map: re-pair latents and particles by "
@@ -165,55 +182,19 @@ class TrainConfig:
                     "pip install 'ganflow[tensorboard]').")
 
     def __post_init__(self) -> None:
-        get_method(self.method)  # raises on an unknown name, listing the known ones
-        for name, allowed in (("optimizer", OPTIMIZERS), ("activation", sorted(ACTIVATIONS)),
-                              ("log", LOGGERS), ("fit_optimizer", (None, *OPTIMIZERS))):
-            if getattr(self, name) not in allowed:
-                raise GanflowError(f"unknown {flag(name)} {getattr(self, name)!r}: expected "
-                                   f"one of {list(allowed)}")
-        check_step_options(self, flag)  # pairing, divergence, fit solver, faithful knobs
-        for name in ("lr_g", "lr_d"):
-            _check_positive(self, name)
-        for name in ("lr_decay", "eps_decay"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0 < v <= 1):
-                raise GanflowError(f"{flag(name)} must be in (0, 1], got {v!r}")
-        if not (0 <= self.beta1 < 1):
-            raise GanflowError(f"--beta1 must be in [0, 1), got {self.beta1!r}")
-        for name in ("width", "latent_dim", "iterations", "fit_steps", "d_steps"):
-            if getattr(self, name) is not None:
-                _check_int(self, name, 1)
-        for name in ("batch_size", "eval_every", "calib_max_steps", "fit_max_steps",
-                     "particles", "distil_iterations", "chain_every"):
-            _check_int(self, name, 1)
-        for name, low in (("eval_samples", 2), ("w2_samples", 2), ("depth", 0),
-                          ("lr_decay_iters", 0)):
-            _check_int(self, name, low)
-        for name in ("d_warmup", "repair_every"):
-            if getattr(self, name) is not None:
-                _check_int(self, name, 0)
-        if not (isinstance(self.fit_nearest, int | float) and 0 <= self.fit_nearest < math.inf):
-            raise GanflowError(f"--fit-nearest must be a finite number >= 0, got "
-                               f"{self.fit_nearest!r}")
-        if self.fit_nearest > 0 and self.method != "flow-map":
-            raise GanflowError(f"--fit-nearest is a term of flow-map's regression; --method "
-                               f"{self.method!r} has none (use --method flow-map)")
-        if self.chain_every != 1 and self.method != "flow-chain":
-            raise GanflowError(f"--chain-every thins flow-chain's record of D; --method "
-                               f"{self.method!r} keeps none (use --method flow-chain)")
-        if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-            raise GanflowError("--log tensorboard needs the tensorboard package: pip install "
-                               "'ganflow[tensorboard]' (or use --log jsonl)")
-        get_method(self.method).check(self)
-        parse_device(self.device)
+        method = get_method(self.method)  # raises on an unknown name, listing the known ones
+        # the checks below read every option: one not set yet (None) is checked as the
+        # value it takes on point data, and every value again once resolved
+        options = asdict(self)
+        cfg = SimpleNamespace(**{**options, **{k: v for k, v in method.defaults_for(
+            image=False).items() if options[k] is None}})
+        _validate(cfg)
 
     def resolved(self, data: Dataset) -> TrainConfig:
         """This config with the data- and method-dependent defaults (``None``) filled in."""
         image = data.image_shape is not None
-        auto = {**get_method(self.method).defaults,
-                "width": 32 if image else 128,
-                "latent_dim": 16 if image else (2 if data.dim <= 2 else data.dim),
-                "iterations": 3000 if image else 10000}
+        auto = {**get_method(self.method).defaults_for(image),
+                "latent_dim": 16 if image else (2 if data.dim <= 2 else data.dim)}
         fill = {k: v for k, v in auto.items() if getattr(self, k) is None}
         if self.lr_decay_iters == 0:
             fill["lr_decay_iters"] = fill.get("iterations", self.iterations)
@@ -244,6 +225,50 @@ class TrainConfig:
         """(field name, default, help) of every ``ganflow train`` option, in order."""
         return [(f.name, f.default if f.default is not MISSING else None, f.metadata["help"])
                 for f in fields(cls) if f.metadata.get("cli", True)]
+
+
+def _validate(self) -> None:
+    """Refuse bad values: ``self`` is a config (or a view of one) with every option set."""
+    for name, allowed in (("optimizer", OPTIMIZERS), ("activation", sorted(ACTIVATIONS)),
+                          ("log", LOGGERS), ("fit_optimizer", (None, *OPTIMIZERS))):
+        if getattr(self, name) not in allowed:
+            raise GanflowError(f"unknown {flag(name)} {getattr(self, name)!r}: expected "
+                               f"one of {list(allowed)}")
+    check_step_options(self, flag)  # pairing, divergence, fit solver, faithful knobs
+    for name in ("lr_g", "lr_d"):
+        _check_positive(self, name)
+    for name in ("lr_decay", "eps_decay"):
+        v = getattr(self, name)
+        if not (isinstance(v, int | float) and 0 < v <= 1):
+            raise GanflowError(f"{flag(name)} must be in (0, 1], got {v!r}")
+    if not (0 <= self.beta1 < 1):
+        raise GanflowError(f"--beta1 must be in [0, 1), got {self.beta1!r}")
+    for name in ("width", "latent_dim", "iterations", "fit_steps", "d_steps"):
+        if getattr(self, name) is not None:
+            _check_int(self, name, 1)
+    for name in ("batch_size", "eval_every", "calib_max_steps", "fit_max_steps",
+                 "particles", "distil_iterations", "chain_every"):
+        _check_int(self, name, 1)
+    for name, low in (("eval_samples", 2), ("w2_samples", 2), ("depth", 0),
+                      ("lr_decay_iters", 0)):
+        _check_int(self, name, low)
+    for name in ("d_warmup", "repair_every"):
+        if getattr(self, name) is not None:
+            _check_int(self, name, 0)
+    if not (isinstance(self.fit_nearest, int | float) and 0 <= self.fit_nearest < math.inf):
+        raise GanflowError(f"--fit-nearest must be a finite number >= 0, got "
+                           f"{self.fit_nearest!r}")
+    if self.fit_nearest > 0 and self.method != "flow-map":
+        raise GanflowError(f"--fit-nearest is a term of flow-map's regression; --method "
+                           f"{self.method!r} has none (use --method flow-map)")
+    if self.chain_every != 1 and self.method != "flow-chain":
+        raise GanflowError(f"--chain-every thins flow-chain's record of D; --method "
+                           f"{self.method!r} keeps none (use --method flow-chain)")
+    if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise GanflowError("--log tensorboard needs the tensorboard package: pip install "
+                           "'ganflow[tensorboard]' (or use --log jsonl)")
+    get_method(self.method).check(self)
+    parse_device(self.device)
 
 
 def _check_positive(cfg: TrainConfig, name: str) -> None:

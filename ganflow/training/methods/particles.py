@@ -24,7 +24,7 @@ from ...data import load_data
 from ...metrics import mode_metrics
 from ...particle_flow import distil_step, particle_step
 from ..evaluate import image_sample_metrics
-from .base import Method, _refuse_flow_map_options, register_method
+from .base import Method, _refuse_flow_map_options, _refuse_generator_fit_options, register_method
 
 # particles kept per snapshot: enough for `ganflow track`'s KDE (n = 5000 by default)
 # without writing N x d floats at every evaluation
@@ -111,6 +111,7 @@ class ParticleMethod(HoldsParticles):
     @classmethod
     def check(cls, cfg) -> None:
         _refuse_flow_map_options(cfg)
+        _refuse_generator_fit_options(cfg)
         cls.check_particle_count(cfg)
 
     def start(self) -> None:
