@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import environment, print_table
+from _common import environment, measured_config, print_table
 from bench_train import METHODS
 
 from ganflow._io import write_json_atomic
-from ganflow.training import TrainConfig, load_run, resume, train
+from ganflow.training import load_run, resume, train
 
 
 def _status_mb(key: str) -> float:
@@ -44,8 +44,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(data=args.data, seed=args.seed, iterations=args.iterations,
-                      eval_every=args.segment, **METHODS[args.method])
+    cfg = measured_config(data=args.data, seed=args.seed, iterations=args.iterations,
+                          eval_every=args.segment, **METHODS[args.method])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"

@@ -40,13 +40,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import RESULTS, environment
+from _common import RESULTS, environment, measured_config
 from _interleave import plot_samples_at_times, quality_row, run_interleaved
 
 from ganflow._io import write_json_atomic
 from ganflow.data import load_data
 from ganflow.metrics import first_at_quality_bar
-from ganflow.training import TrainConfig, read_metrics
+from ganflow.training import read_metrics
 
 # section 6's setting: plain gradient descent, constant step sizes, eps = 1 (the paper)
 SGD = {"optimizer": "sgd", "lr_g": 0.05, "lr_d": 0.1, "lr_decay": 1.0}
@@ -204,8 +204,8 @@ def main() -> None:
     print(f"{'seed':>4} {'config':>28} {'verdict':>13} {'peak':>4} {'modes':>5} {'HQ%':>6} "
           f"{'modeKL':>7} {'W2':>7} {'wall_s':>7}  modes at each evaluation")
     for seed in args.seeds:
-        cfgs = {name: TrainConfig(data=args.data, seed=seed, iterations=args.iterations,
-                                  eval_every=args.eval_every, **CONFIGS[name])
+        cfgs = {name: measured_config(data=args.data, seed=seed, iterations=args.iterations,
+                                      eval_every=args.eval_every, **CONFIGS[name])
                 for name in args.configs}
         with tempfile.TemporaryDirectory() as tmp:
             runs = run_interleaved(cfgs, Path(tmp), 4 * args.eval_every, log=lambda m: None)

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+from _common import measured_config
 
 from ganflow.metrics import first_at_quality_bar
-from ganflow.training import TrainConfig, read_metrics, train
+from ganflow.training import read_metrics, train
 
 BASE = {"method": "flow-map", "d_steps": 1, "d_warmup": 0, "fit_steps": 10, "eps_decay": 0.01,
         "repair_every": 0, "fit_loss": "mse"}
@@ -39,8 +40,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = TrainConfig(data="ring8", iterations=a.iterations, eval_every=a.eval_every,
-                      seed=a.seed, **{**BASE, **json.loads(a.cfg)})
+    cfg = measured_config(data="ring8", iterations=a.iterations, eval_every=a.eval_every,
+                          seed=a.seed, **{**BASE, **json.loads(a.cfg)})
     out = Path(tempfile.mkdtemp(prefix="ganflow-fm-")) / "run"
     t0 = time.perf_counter()
     train(cfg, out=out, progress=False)

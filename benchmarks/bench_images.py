@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, environment, print_table
+from _common import RESULTS, environment, measured_config, print_table
 from _interleave import run_interleaved
 
 from ganflow._io import write_json_atomic
-from ganflow.training import TrainConfig, read_metrics
+from ganflow.training import read_metrics
 
 # the KL flow (the JSD drift vanishes where D is sure, as on images early on), one D step
 # per iteration, 2000 pairs, eps decaying like the learning rates
@@ -126,9 +126,9 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            cfgs = {n: TrainConfig(data=args.data, seed=seed,
-                                   iterations=own_iterations.get(n, args.iterations),
-                                   eval_every=args.eval_every, **over)
+            cfgs = {n: measured_config(data=args.data, seed=seed,
+                                       iterations=own_iterations.get(n, args.iterations),
+                                       eval_every=args.eval_every, **over)
                     for n, over in methods.items()}
             runs = run_interleaved(cfgs, Path(tmp) / f"s{seed}", args.eval_every)
             block = {n: read_metrics(r["dir"]) for n, r in runs.items()}

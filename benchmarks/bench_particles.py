@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS, environment
+from _common import RESULTS, environment, measured_config
 from _interleave import (
     QUALITY_HEADER,
     format_quality_row,
@@ -42,7 +42,6 @@ from _interleave import (
 )
 
 from ganflow.tracking import track_run
-from ganflow.training import TrainConfig
 
 METHODS = {
     "particles": {"method": "particles", "particle_init": "generator"},
@@ -72,9 +71,9 @@ def quality(datasets, seeds, iterations, eval_every, particles, chunk, root,
     for data in datasets:
         for seed in seeds:
             print(f"{data} seed {seed}", flush=True)
-            cfgs = {name: TrainConfig(data=data, seed=seed, iterations=iterations,
-                                      eval_every=eval_every, particles=particles,
-                                      **base, **over)
+            cfgs = {name: measured_config(data=data, seed=seed, iterations=iterations,
+                                          eval_every=eval_every, particles=particles,
+                                          **base, **over)
                     for name, over in METHODS.items()}
             runs = run_interleaved(cfgs, root / f"{data}-s{seed}", chunk)
             for name, run in runs.items():
@@ -99,10 +98,10 @@ def tracking(datasets, seeds, iterations, particles, n_track, root) -> list[dict
     for data in datasets:
         for seed in seeds:
             print(f"{data} seed {seed}", flush=True)
-            cfgs = {name: TrainConfig(data=data, seed=seed, iterations=iterations,
-                                      eval_every=max(1, iterations // 4), particles=particles,
-                                      eval_samples=min(particles, 1000), w2_samples=500,
-                                      **TRACKING_BASE, **over)
+            cfgs = {name: measured_config(data=data, seed=seed, iterations=iterations,
+                                          eval_every=max(1, iterations // 4), particles=particles,
+                                          eval_samples=min(particles, 1000), w2_samples=500,
+                                          **TRACKING_BASE, **over)
                     for name, over in {**METHODS, **TRACKING_EXTRA}.items()}
             runs = run_interleaved(cfgs, root / f"{data}-s{seed}", max(1, iterations // 4))
             for name, run in runs.items():

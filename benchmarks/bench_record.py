@@ -24,12 +24,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import environment
+from _common import environment, measured_config
 from bench_train import METHODS
 
 from ganflow._io import write_json_atomic
 from ganflow.metrics import first_at_quality_bar
-from ganflow.training import TrainConfig, read_metrics, train
+from ganflow.training import read_metrics, train
 
 # PacGAN Table 1 (10 trials, 2500 samples) as DESIGN.md quotes it: the best published row
 # per data set, and the plain GAN's grid HQ, the best on that column (its other columns
@@ -50,8 +50,8 @@ def run_seeds(data: str, method: str, seeds: list[int], iterations: int, eval_ev
     for seed in seeds:
         if seed in done:
             continue
-        cfg = TrainConfig(data=data, seed=seed, iterations=iterations, eval_every=eval_every,
-                          **METHODS[method])
+        cfg = measured_config(data=data, seed=seed, iterations=iterations, eval_every=eval_every,
+                              **METHODS[method])
         with tempfile.TemporaryDirectory() as tmp:
             result = train(cfg, out=Path(tmp) / "run", progress=False, figures=False)
             if result.status != "finished":  # Ctrl-C / SIGTERM: keep only finished seeds

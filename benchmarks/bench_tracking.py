@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import environment, print_table  # noqa: E402
+from _common import environment, measured_config, print_table  # noqa: E402
 
 from ganflow._io import write_json_atomic  # noqa: E402
 from ganflow.tracking import track_run  # noqa: E402
-from ganflow.training import TrainConfig, TrainingDivergedError, train  # noqa: E402
+from ganflow.training import TrainingDivergedError, train  # noqa: E402
 
 TIMES = (0.5, 1.0, 2.0, 4.0)
 # flow-map with DESIGN.md's 1-D pilot budget (see CONFIGS) and the MSE fit
@@ -90,9 +90,9 @@ def run_one(data: str, name: str, seed: int, n: int, workdir: Path, *, divergenc
     over = CONFIGS[name]
     eps = over["eps"]
     iters = round(TIMES[-1] / eps)
-    cfg = TrainConfig(data=data, seed=seed, iterations=iters, eval_every=round(0.5 / eps),
-                      lr_decay=1.0, eval_samples=1000, w2_samples=200, divergence=divergence,
-                      init=INITS[data] if init else "", **over)
+    cfg = measured_config(data=data, seed=seed, iterations=iters, eval_every=round(0.5 / eps),
+                          lr_decay=1.0, eval_samples=1000, w2_samples=200, divergence=divergence,
+                          init=INITS[data] if init else "", **over)
     out = workdir / f"{data}-{divergence}-{name.replace(' ', '_')}-s{seed}"
     start = time.perf_counter()
     try:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import RESULTS, environment
+from _common import RESULTS, environment, measured_config
 from _interleave import (
     QUALITY_HEADER,
     format_quality_row,
@@ -46,7 +46,6 @@ from ganflow._io import write_json_atomic
 from ganflow.algorithm import StepConfig, algorithm_step
 from ganflow.data import load_data
 from ganflow.networks import make_discriminator, make_generator
-from ganflow.training import TrainConfig
 from ganflow.training.loop import run_loop
 from ganflow.training.session import Session
 
@@ -159,8 +158,8 @@ def overhead(rounds: int = 7, iters: int = 1000, batch: int = 256, width: int = 
     # object's step, the NaN check, the step statistics), no evaluation inside a round;
     # each round ends with a checkpoint, as a stop between evaluations does
     run_dir = Path(tempfile.mkdtemp(prefix="ganflow-overhead-"))
-    session = Session(TrainConfig(batch_size=batch, width=width, depth=depth,
-                                  iterations=10**9, eval_every=10**9), run_dir, data)
+    session = Session(measured_config(batch_size=batch, width=width, depth=depth,
+                                      iterations=10**9, eval_every=10**9), run_dir, data)
     session.start()
     (run_dir / "metrics.jsonl").write_text("")  # no iteration-0 evaluation
 
@@ -194,8 +193,8 @@ def quality(datasets, seeds, methods, iterations: int, eval_every: int,
     rows = []
     for data in datasets:
         for seed in seeds:
-            cfgs = {name: TrainConfig(data=data, seed=seed, iterations=iterations,
-                                      eval_every=eval_every, **METHODS[name])
+            cfgs = {name: measured_config(data=data, seed=seed, iterations=iterations,
+                                          eval_every=eval_every, **METHODS[name])
                     for name in methods}
             with tempfile.TemporaryDirectory() as tmp:
                 runs = run_interleaved(cfgs, Path(tmp), eval_every, log=lambda m: None)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, environment, print_table
+from _common import RESULTS, environment, measured_config, print_table
 
 import ganflow._io as io_mod
 import ganflow.training.logging as logging_mod
@@ -119,7 +119,7 @@ def _check(ref: Path, run: Path) -> str:
 
 def run_method(method: str, work: Path) -> list[dict]:
     extra = {"particles": 500} if method == "particles" else {}
-    cfg = TrainConfig(**TINY, method=method, **extra)
+    cfg = measured_config(**TINY, method=method, **extra)
     ref = work / f"{method}-ref"
     train(cfg, out=ref, progress=False)
     log_file = work / f"{method}-events.json"

@@ -37,10 +37,12 @@ def learned_d_config(method: str) -> TrainConfig:
     against 0.72); with 50 steps at lr 3e-3 and a 500-step warm-up the errors measured were
     0.03 (mean) and 0.03 (variance)."""
     extra = {"fit_steps": 10} if method == "flow-map" else {}
+    # tracking: an Adam D and a constant step, whatever the method's own defaults
     return TrainConfig(data="normal:0:1", method=method, divergence="kl",
-                       init="normal:2:0.5", eps=0.05, iterations=20, eval_every=10,
-                       d_steps=50, d_warmup=500, lr_d=3e-3, beta1=0.9, lr_decay=1.0,
-                       particles=5000, width=64, eval_samples=1000, w2_samples=200, **extra)
+                       init="normal:2:0.5", eps=0.05, eps_decay=1.0, iterations=20,
+                       eval_every=10, d_steps=50, d_warmup=500, optimizer="adam", lr_d=3e-3,
+                       beta1=0.9, lr_decay=1.0, batch_size=512, particles=5000, width=64,
+                       eval_samples=1000, w2_samples=200, **extra)
 
 
 def assert_run_follows_the_flow(run_dir: Path) -> None:

@@ -422,7 +422,7 @@ def test_particle_methods_on_two_ranks_resume_exactly(tmp_path, method, extra):
     # resume on 2 ranks must give the rows of the run that never stopped
     common = ["--method", method, "--particles", "101", "--d-steps", "1", "--d-warmup", "2",
               "--width", "16", "--depth", "2", "--batch-size", "32", "--eval-every", "4",
-              "--lr-decay", "1", "--seed", "5", *extra]
+              "--lr-decay", "1", "--eps-decay", "1", "--seed", "5", *extra]
     _train_2_ranks([*common, "--iterations", "8", "--out", str(tmp_path / "full")])
     _train_2_ranks([*common, "--iterations", "4", "--out", str(tmp_path / "part")])
     _train_2_ranks(["--resume", str(tmp_path / "part"), "--iterations", "8"])
@@ -441,8 +441,8 @@ def test_trainer_on_two_ranks_resumes_exactly(tmp_path):
     from ganflow.training import read_metrics, resume
 
     # constant learning rate: a decay's horizon is fixed when a run is created
-    common = ["--width", "16", "--depth", "2", "--batch-size", "32", "--eval-every", "10",
-              "--lr-decay", "1", "--seed", "5"]
+    common = ["--method", "flow", "--width", "16", "--depth", "2", "--batch-size", "32",
+              "--eval-every", "10", "--lr-decay", "1", "--seed", "5"]
     out = _train_2_ranks([*common, "--iterations", "20", "--out", str(tmp_path / "full")])
     assert out.count("finished at iteration 20") == 1  # rank 0 alone reports
     _train_2_ranks([*common, "--iterations", "10", "--out", str(tmp_path / "part")])

@@ -35,8 +35,8 @@ from ganflow import GanflowError
 from ganflow.cli import app
 from ganflow.training import TrainConfig, read_metrics, resume, sample_run, train
 
-TINY = dict(width=16, depth=2, batch_size=32, iterations=40, eval_every=10, eval_samples=200,
-            w2_samples=100)
+TINY = dict(method="flow", width=16, depth=2, batch_size=32, iterations=40, eval_every=10,
+            eval_samples=200, w2_samples=100)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -319,8 +319,9 @@ def test_cli_sigterm_prints_the_resume_command(tmp_path, monkeypatch):
 
     monkeypatch.setattr(generator_mod, "algorithm_step", terminating)
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "--out", str(out), "--iterations", "20",
-                                   "--eval-every", "10", "--width", "8", "--depth", "1",
+    res = CliRunner().invoke(app, ["train", "--method", "flow", "--out", str(out),
+                                   "--iterations", "20", "--eval-every", "10", "--width", "8",
+                                   "--depth", "1",
                                    "--batch-size", "16", "--no-progress"])
     assert res.exit_code == 130, res.output
     assert f"continue with: ganflow train --resume {out}" in res.output

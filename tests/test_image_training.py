@@ -9,21 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ganflow.cli import app
-from ganflow.data import load_data
 from ganflow.training import TrainConfig, load_run, read_metrics, train
 
-SHORT = dict(data="digits", iterations=150, eval_every=50, batch_size=64, eval_samples=500,
-             w2_samples=200)
-
-
-def test_defaults_are_chosen_by_the_data():
-    img = TrainConfig().resolved(load_data("digits"))
-    assert (img.width, img.latent_dim, img.iterations, img.lr_decay_iters) == (32, 16, 3000,
-                                                                                3000)
-    vec = TrainConfig().resolved(load_data("ring8"))
-    assert (vec.width, vec.latent_dim, vec.iterations) == (128, 2, 10000)
-    # explicit values are kept
-    assert TrainConfig(width=8, iterations=7).resolved(load_data("digits")).width == 8
+SHORT = dict(method="flow", data="digits", iterations=150, eval_every=50, batch_size=64,
+             eval_samples=500, w2_samples=200)
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ from ganflow.cli import app
 from ganflow.grid import Grid
 from ganflow.tracking import _sample_grid_density, track_run
 
-TINY = dict(width=16, depth=2, batch_size=64, iterations=40, eval_every=10, eval_samples=200,
-            w2_samples=100, eps=0.05)
+TINY = dict(method="flow", width=16, depth=2, batch_size=64, iterations=40, eval_every=10,
+            eval_samples=200, w2_samples=100, eps=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_track_starts_the_pde_from_the_init_law(tmp_path):
     # KDE: the gap at t = 0 measures the fit of G_0 to it (not 0 by construction), and a
     # GAN baseline is tracked too (flow time eps x iterations, Proposition 8).
     run = tmp_path / "gan"
-    gf.train(gf.TrainConfig(data="bimodal", method="gan-ns", init="normal:0:1", **TINY),
+    gf.train(gf.TrainConfig(**{**TINY, "method": "gan-ns"}, data="bimodal", init="normal:0:1"),
              out=run, progress=False)
     res = track_run(run, n=2000, cells=300)
     assert res.start == "init law"

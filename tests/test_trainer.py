@@ -22,8 +22,8 @@ from ganflow.training import (
 )
 
 # tiny networks and evaluations: each run takes about a second
-TINY = dict(width=16, depth=2, batch_size=32, iterations=30, eval_every=10, eval_samples=200,
-            w2_samples=100, lr_g=1e-3, lr_d=1e-3)
+TINY = dict(method="flow", width=16, depth=2, batch_size=32, iterations=30, eval_every=10,
+            eval_samples=200, w2_samples=100, lr_g=1e-3, lr_d=1e-3)
 KEYS = ("iteration", "flow_time", "modes", "hq", "mode_kl", "energy", "w2", "d_loss", "g_loss")
 
 
@@ -43,7 +43,7 @@ def _weights(run_dir):
     {"pairing": "energy", "d_penalty": 1.0},  # the set-wise loss and D's R1 penalty
 ])
 def test_resume_gives_the_same_metrics(tmp_path, extra):
-    cfg = TrainConfig(**TINY, **extra)
+    cfg = TrainConfig(**{**TINY, **extra})
     full = train(cfg, out=tmp_path / "full", progress=False)
     assert full.status == "finished" and full.iteration == 30
     part = train(cfg, out=tmp_path / "part", progress=False, stop_at=10)

@@ -16,8 +16,8 @@ from ganflow.cli import app
 from ganflow.training import Method, register_method
 
 runner = CliRunner()
-TINY = dict(width=16, depth=2, batch_size=32, iterations=20, eval_every=10,
-            eval_samples=200, w2_samples=100)
+TINY = dict(method="flow", width=16, depth=2, batch_size=32, iterations=20,
+            eval_every=10, eval_samples=200, w2_samples=100)
 FLAGS = ["--width", "16", "--depth", "2", "--batch-size", "32", "--iterations", "20",
          "--eval-every", "10", "--no-progress"]
 
@@ -137,7 +137,7 @@ def test_a_method_is_one_class_the_loop_does_not_know(tmp_path, monkeypatch):
                 s.D, s.opt_d, lambda: s.sample_data(32), lambda: self.fake_batch(32))
             return StepInfo(loss, 0.0, taken, 0, s.step_cfg.eps)
 
-    res = train(TrainConfig(**TINY, method="d-only"), out=tmp_path / "run", progress=False)
+    res = train(TrainConfig(**{**TINY, "method": "d-only"}), out=tmp_path / "run", progress=False)
     rows = read_metrics(res.run_dir)
     assert res.status == "finished" and [r["iteration"] for r in rows] == [0, 10, 20]
     assert rows[0]["energy"] == rows[-1]["energy"]  # G untouched: the same samples

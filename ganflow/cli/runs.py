@@ -101,7 +101,8 @@ def _report(result) -> None:
 
 
 def _train(ctx: typer.Context, **options) -> None:
-    """Train a generator by Algorithm 1 (or a GAN baseline, particles, flow-map)."""
+    """Train a generator: by default flow-chain (G_0 moved by the recorded steps of its
+    particles' flow), or Algorithm 1 (--method flow), a GAN baseline, particles, flow-map."""
     import torch
 
     from .. import training
