@@ -24,9 +24,13 @@ def write_summary(s: Session, status: str) -> None:
     lines = [f"# ganflow run: {cfg.method} on {s.data.name}", "",
              f"- status: **{status}** at iteration {s.iteration} of {cfg.iterations}",
              f"- flow time: {s.flow_time:.4g}; wall time: {s.seconds:.1f} s on {cfg.device}",
-             f"- method {cfg.method}, divergence {cfg.divergence}, eps {cfg.eps}, "
-             f"K={cfg.fit_steps}, pairing {cfg.pairing}, faithful {cfg.faithful}, "
-             f"seed {cfg.seed}"]
+             f"- method {cfg.method}, divergence {cfg.divergence}, eps {cfg.eps}"
+             + (f" (decaying to {cfg.eps_decay:g} x)" if cfg.eps_decay != 1 else "")
+             # K and the pairing shape a generator's fit, which particle methods lack
+             + (f", K={cfg.fit_steps}, pairing {cfg.pairing}"
+                if "g_loss" in s.method.logged else "")
+             + f", D: {cfg.optimizer} lr {cfg.lr_d:g} x {cfg.d_steps} steps, batch "
+             f"{cfg.batch_size}, faithful {cfg.faithful}, seed {cfg.seed}"]
     if cfg.method in ("gan", "gan-ns"):
         lines.append(f"- the {cfg.method} loss does not use the divergence; "
                      f"{cfg.divergence} only names the flow `ganflow track` compares with")
