@@ -4,17 +4,17 @@ sample`` from its run folder, beside the same for ``--method flow`` (Algorithm 1
 For each data set (``--data``; ring8, the main command's, by default) and seed the two
 commands run one after the other as subprocesses (``python -m ganflow train --data D
 --seed S --out DIR --no-progress``, nothing else given: every other option is the
-default), each followed by ``ganflow sample DIR --n N``. It reports the wall time
-of each command (the process's, imports included), the run's own training time, its
-final energy distance and W2 to the data (and modes / HQ / mode-weight KL on a
-mixture), the iteration and time at which it first met the
-quality bar, and the run folder's size on disk (a flow-chain run keeps its recorded
-discriminators). Per data set it also reports the noise floors of the two distances (mean
-and standard deviation over 10 pairs of independent data sets of the evaluations' sizes,
-2500 samples for the energy distance and 1000 for W2): a distance within the floor
-means indistinguishable from the data at that sample size. Seeds run one after the
-other in one job, so the two methods of a seed share the machine's load; the ratio
-within a seed is the comparison.
+default), each followed by ``ganflow sample DIR --n N``. It reports the wall time of
+each command (the process's, imports included), the run's own training time, its final
+energy distance and W2 to the data (and modes / HQ / mode-weight KL on a mixture,
+Frechet distance and class coverage on images), the iteration and time at which it first
+met the quality bar, and the run folder's size on disk (a flow-chain run keeps its
+recorded discriminators). Per data set it also reports the noise floors of the two
+distances (mean and standard deviation over 10 pairs of independent data sets of the
+evaluations' sizes, 2500 samples for the energy distance and 1000 for W2): a distance
+within the floor means indistinguishable from the data at that sample size. Seeds run
+one after the other in one job, so the two methods of a seed share the machine's load;
+the ratio within a seed is the comparison.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def one(data: str, method: str | None, seed: int, root: Path, n_sample: int) -> 
             "sample_command_s": round(sample_s, 1), "sample_n": n_sample,
             "energy": last["energy"], "w2": last["w2"], "modes": last.get("modes"),
             "hq": last.get("hq"), "mode_kl": last.get("mode_kl"),
+            **{k: last[k] for k in ("frechet_distance", "frechet_distance_floor",
+                                    "class_coverage", "class_kl") if k in last},
             "bar_iteration": hit["iteration"] if hit else None,
             "bar_s": round(hit["seconds"], 1) if hit else None,
             "run_folder_mb": round(_folder_mb(run), 1),
@@ -111,7 +113,8 @@ def main() -> None:
                           f"KL {r['mode_kl']}", flush=True)
     print_table(rows, ["data", "seed", "method", "resolved_method", "iterations",
                        "train_command_s", "train_s", "sample_command_s", "energy", "w2",
-                       "modes", "hq", "mode_kl", "bar_iteration", "bar_s", "run_folder_mb"])
+                       "modes", "hq", "mode_kl", "frechet_distance", "class_coverage",
+                       "bar_iteration", "bar_s", "run_folder_mb"])
     noise = {data: floors(data) for data in args.data}
     for data, f in noise.items():
         print(f"{data} noise floors: energy {f['energy_floor_mean']:.2g} ± "

@@ -88,8 +88,8 @@ class TrainConfig:
     d_penalty: float | None = _opt(None, "gamma of an R1 gradient penalty (gamma/2) E_data "
                                    "|grad f|^2 on D; 0: off; default 0 (flow-chain on "
                                    "images: 10).")
-    # 512 rather than 256: a larger batch estimates the mode weights, which the flow
-    # must balance, better
+    # the defaults by method and data, and the reasons for them: Method.defaults in
+    # methods/base.py and each method's file
     batch_size: int | None = _opt(None, "m, samples per batch; default 512 (flow-chain on "
                                   "points: 1024).")
     lr_g: float = _opt(1e-3, "generator learning rate.")
@@ -98,7 +98,8 @@ class TrainConfig:
     optimizer: str | None = _opt(None, "adam or sgd; default adam (flow-chain on points: "
                                  "sgd, for D).")
     beta1: float = _opt(0.5, "Adam's beta1.")
-    # ring8's modes are 0.02 wide, and only a decaying step lets Adam's jitter fall below
+    # Algorithm 1's 0.01: ring8's modes are 0.02 wide, and only a decaying step lets
+    # Adam's jitter fall below
     lr_decay: float | None = _opt(None, "final / initial learning rate (linear decay over "
                                   "the run); default 0.01 (flow-chain on points: 1).")
     lr_decay_iters: int = _opt(0, "iterations of the decays (0: the run's --iterations "
