@@ -262,6 +262,27 @@ def test_flow_chain_with_a_learned_discriminator_follows_the_ou_flow(tmp_path):
     assert res.on_flow.all(), (res.l1_gap, res.l1_floor)
 
 
+def test_image_runs_keep_both_evaluation_draws_moving(tmp_path, monkeypatch):
+    # an image run's evaluation draws its metrics samples and a grid of 64: each must
+    # continue from the previous evaluation's step, at the cost of the new steps only,
+    # also across a resume (one cached draw would be pushed out by the other and re-moved
+    # from step 0 at every evaluation: a cost quadratic in the run's length)
+    calls = []
+    apply = DriftChain.apply
+
+    def spy(self, x, **kw):
+        calls.append((x.shape[0], kw.get("start", 0)))
+        return apply(self, x, **kw)
+
+    monkeypatch.setattr(DriftChain, "apply", spy)
+    cfg = TrainConfig(data="digits", width=4, batch_size=16, particles=100, iterations=30,
+                      eval_every=10, eval_samples=80)
+    train(cfg, out=tmp_path / "run", progress=False, figures=False, stop_at=20)
+    resume(tmp_path / "run", progress=False, figures=False)
+    starts = {n: [start for m, start in calls if m == n] for n in (80, 64)}
+    assert starts == {80: [0, 0, 10, 20], 64: [0, 0, 10, 20]}, calls
+
+
 def test_flow_chain_refusals():
     with pytest.raises(GanflowError, match="--chain-every thins flow-chain"):
         TrainConfig(method="flow", chain_every=2)

@@ -40,6 +40,9 @@ from .base import (
 from .particles import HoldsParticles, own_sample_metrics, subset_index
 
 _SEGMENT = re.compile(r"D-(\d{8,})-(\d{8,})\.safetensors")
+# draws kept moving with the chain: an evaluation's metrics draw and, on images, its grid
+# of 64; one alone would be pushed out by the other, and re-moved from step 0 each time
+_KEPT_DRAWS = 2
 
 
 @register_method("flow-chain")
@@ -111,13 +114,15 @@ class FlowChainMethod(HoldsParticles):
         # points by the new steps is the same computation as moving them from step 0, at
         # the cost of the new steps alone instead of all of them at every evaluation
         key = (n, bytes(gen.get_state().numpy()))
-        done, x = self._draws.get(key, (0, None))
+        done, x = self._draws.pop(key, (0, None))
         if x is None:
             x = self.s.G(self.s.sample_latent(n, gen))
         else:
             self.s.sample_latent(n, gen)  # leaves gen where a fresh draw would
         x = self.chain.apply(x, start=done, progress=self.progress)
-        self._draws = {key: (len(self.chain), x)}  # one cached draw: the evaluations'
+        self._draws[key] = (len(self.chain), x)  # the most recent last
+        while len(self._draws) > _KEPT_DRAWS:
+            del self._draws[next(iter(self._draws))]  # the least recently used
         return x.clone()  # a caller's in-place change must not reach the cache
 
     def eval_metrics(self) -> dict:
@@ -183,13 +188,13 @@ class FlowChainMethod(HoldsParticles):
             self._saved = n
         out = {"particles": self.particles.detach().cpu().contiguous(),
                "chain_steps": self.chain.steps_tensor()}
-        # the evaluations' cached draw, so that a resumed run continues it instead of
-        # moving its samples through every step again (minutes for a long chain)
-        for (_n, gen_state), (done, x) in self._draws.items():
-            out.update({"eval_draw": x.detach().cpu().contiguous(),
-                        "eval_draw_gen": torch.frombuffer(bytearray(gen_state),
-                                                          dtype=torch.uint8),
-                        "eval_draw_steps": torch.tensor([done])})
+        # the evaluations' cached draws, so that a resumed run continues them instead of
+        # moving their samples through every step again (minutes for a long chain)
+        for i, ((_n, gen_state), (done, x)) in enumerate(self._draws.items()):
+            out.update({f"eval_draw_{i}": x.detach().cpu().contiguous(),
+                        f"eval_draw_gen_{i}": torch.frombuffer(bytearray(gen_state),
+                                                               dtype=torch.uint8),
+                        f"eval_draw_steps_{i}": torch.tensor([done])})
         return out
 
     def state_meta(self) -> dict:
@@ -212,8 +217,12 @@ class FlowChainMethod(HoldsParticles):
         self.chain.restore(states, tensors["chain_steps"])
         self._saved = n
         self._draws = {}
-        if "eval_draw" in tensors:  # continued, as in the run that never stopped
-            done, x = int(tensors["eval_draw_steps"][0]), tensors["eval_draw"]
+        # continued, as in the run that never stopped (a checkpoint of an older ganflow
+        # holds one draw, unnumbered)
+        suffixes = [""] if "eval_draw" in tensors else []
+        suffixes += [f"_{i}" for i in range(_KEPT_DRAWS) if f"eval_draw_{i}" in tensors]
+        for sfx in suffixes:
+            done, x = int(tensors[f"eval_draw_steps{sfx}"][0]), tensors[f"eval_draw{sfx}"]
             if done <= len(self.chain):
-                key = (x.shape[0], bytes(tensors["eval_draw_gen"].numpy()))
-                self._draws = {key: (done, x.to(self.s.device))}
+                key = (x.shape[0], bytes(tensors[f"eval_draw_gen{sfx}"].numpy()))
+                self._draws[key] = (done, x.to(self.s.device))
