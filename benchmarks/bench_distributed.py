@@ -57,11 +57,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
                     help='"PROCESSES x BATCH_PER_RANK" each, the first the baseline')
-    # Algorithm 1 unless the options name another method (it was the default when the
-    # committed JSON was measured)
-    ap.add_argument("--train-args", default="--method flow",
+    ap.add_argument("--train-args", default="",
                     help="options added to every `ganflow train` (one quoted string; "
-                    "default: --method flow)")
+                    "--method flow unless it names a --method)")
     ap.add_argument("--json", type=Path, default=RESULTS / "bench_distributed.json")
     args = ap.parse_args()
     configs = []
@@ -71,6 +69,11 @@ def main() -> None:
         except ValueError:
             ap.error(f"--configs {name!r}: expected 'PROCESSES x BATCH', e.g. '2 x 256'")
         configs.append((name, nproc, batch))
+    # Algorithm 1 unless the options name another method: it was the default when the
+    # committed JSON was measured
+    train_args = shlex.split(args.train_args)
+    if "--method" not in train_args:
+        train_args = ["--method", "flow", *train_args]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, nproc, batch in configs:
@@ -79,7 +82,7 @@ def main() -> None:
                                   "--eval-every", str(args.eval_every), "--batch-size",
                                   str(batch), "--seed", str(args.seed), "--device",
                                   args.device, "--no-progress", "--out", str(out),
-                                  *shlex.split(args.train_args)],
+                                  *train_args],
                           timeout=3600)
             q = quality_row(out, args.data)
             rows.append({"config": name, "processes": nproc, "batch_per_rank": batch,

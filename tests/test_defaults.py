@@ -71,3 +71,5 @@ def test_unset_options_are_checked_when_set():
         with pytest.raises(GanflowError, match=match):
             TrainConfig(**options)
     TrainConfig(method="flow", fit_steps=5, pairing="assignment")  # Algorithm 1's knobs
+    with pytest.raises(GanflowError, match="--method particles fits no generator"):
+        TrainConfig(method="particles", fit_steps=3)

@@ -219,8 +219,8 @@ def test_flow_map_refusals(tmp_path):
 
 
 def test_sample_snapshot_reads_the_saved_generator(tmp_path):
-    cfg = TrainConfig(data="bimodal", width=16, depth=2, batch_size=32, iterations=20,
-                      eval_every=10, eval_samples=200, w2_samples=100)
+    cfg = TrainConfig(data="bimodal", method="flow", width=16, depth=2, batch_size=32,
+                      iterations=20, eval_every=10, eval_samples=200, w2_samples=100)
     train(cfg, out=tmp_path / "r", progress=False)
     s0 = sample_run(tmp_path / "r", 100, snapshot=0)
     s20 = sample_run(tmp_path / "r", 100, snapshot=20)

@@ -119,8 +119,8 @@ def test_nothing_overwritten_and_bad_options(tmp_path):
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(GanflowError, match="--d-penalty must be a finite number >= 0"):
         TrainConfig(d_penalty=-0.5)
-    with pytest.raises(GanflowError, match="--pairing energy"):
-        TrainConfig(pairing="energy", faithful=True)
+    with pytest.raises(GanflowError, match="--pairing energy has no point-wise residual"):
+        TrainConfig(method="flow", pairing="energy", faithful=True)
     with pytest.raises(GanflowError, match="unknown data"):
         train(TrainConfig(**{**TINY, "data": "spiral"}), out=tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()

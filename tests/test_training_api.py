@@ -51,6 +51,31 @@ def test_flags_beside_config_override_it_and_the_decays_follow_a_new_horizon(tmp
     assert got["lr_decay_iters"] == 10  # resolved from the new horizon, not the file's 20
 
 
+@pytest.mark.parametrize("method", ["particles", "flow-chain"])
+def test_an_old_run_with_ignored_fit_options_still_opens(tmp_path, method):
+    # older ganflow took (and ignored) --fit-steps and --pairing for the methods that fit
+    # no generator; they are refused now, but such a run folder must still open, sample,
+    # resume and train again from its config.json
+    run = tmp_path / "old"
+    r = runner.invoke(app, ["train", "--method", method, "--particles", "100", "--out",
+                            str(run), *FLAGS, "--iterations", "10"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(fit_steps=5, pairing="energy")
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GanflowError, match="fits no generator"):
+        TrainConfig.from_dict(cfg)  # refused when given as new options...
+    assert load_run(run).sample(20).shape == (20, 2)  # ...read as it trained in a run
+    r = runner.invoke(app, ["train", "--resume", str(run), "--iterations", "20",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--config", str(run / "config.json"), "--out",
+                            str(tmp_path / "again"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert (got["fit_steps"], got["pairing"]) == (1, "index")
+
+
 def test_config_of_an_old_flow_map_run_is_read_as_it_trained(tmp_path):
     # a flow-map run written before --repair-every / --fit-loss existed: its config.json
     # lacks them, and the run never re-paired and fitted by the MSE. --config must give

@@ -34,7 +34,7 @@ def _first_and_last(cfg: TrainConfig, out) -> tuple[dict, dict]:
 def test_algorithm1_training_reaches_a_2d_target(tmp_path):
     # Algorithm 1 (JSD, Adam, eps 1) with an R1 penalty on D (without it these small nets
     # collapse to 2 modes and oscillate, DESIGN.md), 600 iterations: ~4 s on one thread.
-    cfg = TrainConfig(**_SMALL, iterations=600, eval_every=600, d_penalty=1.0)
+    cfg = TrainConfig(**_SMALL, method="flow", iterations=600, eval_every=600, d_penalty=1.0)
     start, end = _first_and_last(cfg, tmp_path / "run")
     # the untrained generator sits near one point: no mode, far from the data
     assert start["modes"] == 0 and start["energy"] > 1.0 and start["w2"] > 1.8, start

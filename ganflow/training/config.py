@@ -44,7 +44,7 @@ class TrainConfig:
     r"""Every option of a run; the defaults are ``ganflow train``'s.
 
     The default method is flow-chain (a generator that is the flow map of its particles'
-    flow, THEORY.md section 8), which reached the ring8 and grid25 bars first and ended
+    flow, docs/theory.md section 8), which reached the ring8 and grid25 bars first and ended
     ahead on digits in the benchmarks (benchmarks/README.md). Options that are ``None``
     here take the method's defaults for the data (points or images), when a run is
     created (:meth:`resolved`, :meth:`Method.defaults_for
@@ -76,9 +76,11 @@ class TrainConfig:
     # calibrated and the fit accurate at every step
     fit_steps: int | None = _opt(None, "K descent steps on the same z and targets "
                                  "(flow-map: on fresh batches of pairs); default 1 (the "
-                                 "paper), flow-map 10.")
+                                 "paper), flow-map 10; flow-chain and particles fit no "
+                                 "generator.")
     pairing: str = _opt("index", "index (the paper's MSE), assignment (optimal re-pairing) "
-                        "or energy (energy distance between the sets).")
+                        "or energy (energy distance between the sets); generator methods "
+                        "only.")
     d_steps: int | None = _opt(None, "discriminator steps per iteration (faithful: the "
                                "least); default 1, flow-map 20.")
     # the drift at t = 0 needs a calibrated D as much as any later one

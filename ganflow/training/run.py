@@ -128,7 +128,8 @@ def run_options(run_dir: str | Path) -> dict:
     fields. Options added to ganflow after the run was written, and missing from its
     file, are filled with what the run did then (not with today's defaults): a flow-map
     run from before ``--repair-every`` and ``--fit-loss`` never re-paired and fitted by
-    the MSE."""
+    the MSE. A particles or flow-chain run's ``--fit-steps`` and ``--pairing``, which it
+    ignored then and which are refused now, read as 1 and index."""
     run_dir = Path(run_dir)
     try:
         obj = json.loads((run_dir / "config.json").read_text())
@@ -139,6 +140,10 @@ def run_options(run_dir: str | Path) -> dict:
     if obj.get("method") == "flow-map":
         obj.setdefault("repair_every", 0)
         obj.setdefault("fit_loss", "mse")
+    if obj.get("method") in ("particles", "flow-chain"):
+        # these fit no generator: older ganflow took (and ignored) a fit's --fit-steps
+        # and --pairing, which are refused now
+        obj.update({k: v for k, v in (("fit_steps", 1), ("pairing", "index")) if k in obj})
     return obj
 
 

@@ -30,7 +30,8 @@ def write_summary(s: Session, status: str) -> None:
              + (f", K={cfg.fit_steps}, pairing {cfg.pairing}"
                 if "g_loss" in s.method.logged else "")
              + f", D: {cfg.optimizer} lr {cfg.lr_d:g} x {cfg.d_steps} steps, batch "
-             f"{cfg.batch_size}, faithful {cfg.faithful}, seed {cfg.seed}"]
+             f"{cfg.batch_size}, R1 {cfg.d_penalty:g}, faithful {cfg.faithful}, "
+             f"seed {cfg.seed}"]
     if cfg.method in ("gan", "gan-ns"):
         lines.append(f"- the {cfg.method} loss does not use the divergence; "
                      f"{cfg.divergence} only names the flow `ganflow track` compares with")
