@@ -30,6 +30,40 @@ def test_mode_metrics_hand_made():
     assert m["mode_kl"] == pytest.approx(kl, rel=1e-12)
 
 
+@pytest.mark.parametrize("dim", [1, 2])
+def test_mode_widths_against_the_truncated_gaussian(dim):
+    from scipy.stats import chi2
+
+    # the mixture's own samples: every mode's HQ samples (within 3 std) have the RMS
+    # per-axis distance sqrt(F_{d+2}(9) / F_d(9)) std, E[r^2; r^2 <= 9] = d F_{d+2}(9)
+    # for r^2 ~ chi2_d; 8 modes of 5000 samples: the ratio's sampling sd is about
+    # 1 / sqrt(2 d 5000) < 1 %, so 3 % is a 3-sd bound on the min and max
+    means = [[10.0 * k] + [0.0] * (dim - 1) for k in range(8)]
+    mix = GaussianMixture([1 / 8] * 8, means, [0.5 + 0.1 * k for k in range(8)])
+    x = mix.sample(40000, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    m = mode_metrics(x, mix)
+    exact = math.sqrt(chi2.cdf(9, dim + 2) / chi2.cdf(9, dim))
+    assert m["mode_width_min"] == pytest.approx(exact, rel=0.03)
+    assert m["mode_width_max"] == pytest.approx(exact, rel=0.03)
+    # the HQ samples pulled halfway to their modes' means: the widths halve exactly (they
+    # all stay HQ, and no other sample is), and a mode collapsed onto its mean has
+    # width 0 (HQ still counts it)
+    k = np.abs(x[:, :1] - np.asarray(means)[:, :1].T).argmin(1)
+    centre = np.asarray(means)[k]
+    hq = np.linalg.norm(x - centre, axis=1) <= 3 * mix.stds.numpy()[k]
+    x, k, centre = x[hq], k[hq], centre[hq]
+    m = mode_metrics(x, mix)
+    half = mode_metrics(centre + 0.5 * (x - centre), mix)
+    for key in ("mode_width_min", "mode_width_max"):
+        assert half[key] == pytest.approx(0.5 * m[key], rel=1e-12)
+    collapsed = x.copy()
+    collapsed[k == 3] = means[3]
+    c = mode_metrics(collapsed, mix)
+    assert c["mode_width_min"] == 0.0 and c["modes"] == 8
+    # fewer than 10 HQ samples in every mode: no width
+    assert "mode_width_min" not in mode_metrics(np.asarray(means[:2] * 4), mix)
+
+
 def test_mode_metrics_partial_collapse_and_empty():
     mix = ring8()
     centres = mix.means.numpy()
