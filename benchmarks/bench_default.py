@@ -34,7 +34,7 @@ from _common import RESULTS, environment, print_table
 
 from ganflow._io import write_json_atomic
 from ganflow.data import load_data
-from ganflow.metrics import energy_distance, first_at_quality_bar, w2
+from ganflow.metrics import energy_distance, first_at_quality_bar, mode_widths, w2
 from ganflow.training import read_metrics
 
 
@@ -62,16 +62,9 @@ def floors(data: str, repeats: int = 10) -> dict:
 
 
 def mode_spread(x: np.ndarray, mixture) -> dict:
-    """How wide each mode's samples are: over the samples within 3 std of their nearest
-    mode (those HQ counts), the RMS per-axis distance to its mean divided by its std. The
-    data give about 1 for every mode; HQ cannot see a mode collapsed to a point (ratio
-    near 0), this can."""
-    mu, sd = mixture.means.numpy(), mixture.stds.numpy()
-    dist = np.sqrt(((x[:, None, :] - mu[None]) ** 2).sum(-1))
-    k = dist.argmin(1)
-    near = dist[np.arange(len(x)), k] <= 3 * sd[k]
-    ratios = [float(np.sqrt((dist[near & (k == j), j] ** 2).mean() / x.shape[1]) / sd[j])
-              for j in range(len(mu)) if (near & (k == j)).sum() >= 10]
+    """How wide each mode's samples are (:func:`ganflow.metrics.mode_widths`): HQ cannot
+    see a mode collapsed to a point (ratio near 0), this can."""
+    ratios = mode_widths(x, mixture)
     return {"mode_sd_ratio_min": min(ratios), "mode_sd_ratio_max": max(ratios),
             "mode_sd_ratios": ratios} if ratios else {}
 

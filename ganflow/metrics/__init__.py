@@ -12,6 +12,7 @@ from .samples import (
     energy_distance,
     first_at_quality_bar,
     mode_metrics,
+    mode_widths,
     w2,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "first_at_quality_bar",
     "format_evaluation",
     "mode_metrics",
+    "mode_widths",
     "w2",
 ]

@@ -24,6 +24,7 @@ from ..targets import GaussianMixture
 from ._coerce import as_samples
 
 __all__ = ["HQ_STDS", "QUALITY_BAR", "energy_distance", "first_at_quality_bar", "mode_metrics",
+           "mode_widths",
            "w2"]
 
 HQ_STDS = 3.0
@@ -35,6 +36,35 @@ _KL_EPS = 1e-12
 _MIN_WIDTH_SAMPLES = 10
 
 
+def _nearest_modes(x: np.ndarray, mixture: GaussianMixture):
+    """Each sample's nearest mode, its distance to that mode's mean, and whether it is HQ."""
+    if x.shape[1] != mixture.dim:
+        raise GanflowError(
+            f"samples must have dimension {mixture.dim} (the mixture's), got {x.shape[1]}"
+        )
+    mu, std = mixture.means.numpy(), mixture.stds.numpy()
+    d2 = ((x[:, None, :] - mu[None]) ** 2).sum(-1)  # (n, K)
+    nearest = d2.argmin(1)
+    dist = np.sqrt(d2[np.arange(len(x)), nearest])
+    return nearest, dist, dist <= HQ_STDS * std[nearest]
+
+
+def _widths(nearest, dist, hq, std, dim: int) -> list[float]:
+    counts = np.bincount(nearest[hq], minlength=len(std))
+    return [float(np.sqrt(np.mean(dist[hq & (nearest == k)] ** 2) / dim) / std[k])
+            for k in range(len(std)) if counts[k] >= _MIN_WIDTH_SAMPLES]
+
+
+def mode_widths(samples, mixture: GaussianMixture) -> list[float]:
+    r"""How wide each mode's samples are, in mode order, for the modes with at least 10 HQ
+    samples: the RMS per-axis distance of its HQ samples to its mean, over its std (the
+    mixture itself gives sqrt(F_{d+2}(9) / F_d(9)), 0.974 in 2-D; a mode collapsed to a
+    point 0). :func:`mode_metrics` reports their min and max."""
+    x = as_samples(samples, "samples")
+    nearest, dist, hq = _nearest_modes(x, mixture)
+    return _widths(nearest, dist, hq, mixture.stds.numpy(), x.shape[1])
+
+
 def mode_metrics(samples, mixture: GaussianMixture) -> dict[str, float | int]:
     r"""Modes captured, HQ fraction in [0, 1], mode-weight KL, and the modes' widths.
 
@@ -42,24 +72,13 @@ def mode_metrics(samples, mixture: GaussianMixture) -> dict[str, float | int]:
     then reported as max_k ln(1 / w_k), the largest value KL(p || w) can take (all mass
     on the lightest mode), so that "nothing is good" never reads as a perfect score.
 
-    ``mode_width_min`` / ``mode_width_max``: over the modes with at least 10 HQ samples,
-    the RMS per-axis distance of a mode's HQ samples to its mean, over its std. The
-    mixture itself gives sqrt(F_{d+2}(9) / F_d(9)) for every mode (F_k the chi-square
-    CDF with k degrees of freedom: the Gaussian truncated at 3 std), 0.974 in 2-D; a mode
-    collapsed to a point gives 0, which HQ counts as perfect. Absent when no mode has 10.
+    ``mode_width_min`` / ``mode_width_max``: the extremes of :func:`mode_widths`, which HQ
+    cannot see (it counts a mode collapsed to a point as perfect); absent when no mode
+    has 10 HQ samples.
     """
     x = as_samples(samples, "samples")
-    if x.shape[1] != mixture.dim:
-        raise GanflowError(
-            f"samples must have dimension {mixture.dim} (the mixture's), got {x.shape[1]}"
-        )
-    mu = mixture.means.numpy()
-    std = mixture.stds.numpy()
+    nearest, dist, hq = _nearest_modes(x, mixture)
     w = mixture.weights.numpy()
-    d2 = ((x[:, None, :] - mu[None]) ** 2).sum(-1)  # (n, K)
-    nearest = d2.argmin(1)
-    dist = np.sqrt(d2[np.arange(len(x)), nearest])
-    hq = dist <= HQ_STDS * std[nearest]
     counts = np.bincount(nearest[hq], minlength=len(w))
     n_hq = int(hq.sum())
     if n_hq == 0:
@@ -69,8 +88,7 @@ def mode_metrics(samples, mixture: GaussianMixture) -> dict[str, float | int]:
         nz = p > 0  # 0 ln 0 = 0
         kl = float((p[nz] * np.log(p[nz] / np.maximum(w[nz], _KL_EPS))).sum())
     out = {"modes": int((counts > 0).sum()), "hq": n_hq / len(x), "mode_kl": max(kl, 0.0)}
-    widths = [float(np.sqrt(np.mean(dist[hq & (nearest == k)] ** 2) / x.shape[1]) / std[k])
-              for k in range(len(w)) if counts[k] >= _MIN_WIDTH_SAMPLES]
+    widths = _widths(nearest, dist, hq, mixture.stds.numpy(), x.shape[1])
     if widths:
         out.update(mode_width_min=min(widths), mode_width_max=max(widths))
     return out

@@ -246,18 +246,15 @@ def _validate(self) -> None:
             raise GanflowError(f"{flag(name)} must be in (0, 1], got {v!r}")
     if not (0 <= self.beta1 < 1):
         raise GanflowError(f"--beta1 must be in [0, 1), got {self.beta1!r}")
-    for name in ("width", "latent_dim", "iterations", "fit_steps", "d_steps"):
-        if getattr(self, name) is not None:
-            _check_int(self, name, 1)
-    for name in ("batch_size", "eval_every", "calib_max_steps", "fit_max_steps",
-                 "particles", "distil_iterations", "chain_every"):
+    if self.latent_dim is not None:  # the one option resolved from the data's dimension
+        _check_int(self, "latent_dim", 1)
+    for name in ("width", "iterations", "fit_steps", "d_steps", "batch_size", "eval_every",
+                 "calib_max_steps", "fit_max_steps", "particles", "distil_iterations",
+                 "chain_every"):
         _check_int(self, name, 1)
     for name, low in (("eval_samples", 2), ("w2_samples", 2), ("depth", 0),
-                      ("lr_decay_iters", 0)):
+                      ("lr_decay_iters", 0), ("d_warmup", 0), ("repair_every", 0)):
         _check_int(self, name, low)
-    for name in ("d_warmup", "repair_every"):
-        if getattr(self, name) is not None:
-            _check_int(self, name, 0)
     if not (isinstance(self.fit_nearest, int | float) and 0 <= self.fit_nearest < math.inf):
         raise GanflowError(f"--fit-nearest must be a finite number >= 0, got "
                            f"{self.fit_nearest!r}")
